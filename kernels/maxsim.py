@@ -1,0 +1,203 @@
+"""MaxSim scoring of text vectors against molecule token sets (late interaction).
+
+score[t, m] = max_{q : token_mask[m, q]} <queries[t], tokens[m, q]>
+
+Inputs are already L2-normalised, so this is a max cosine. All arithmetic is float32 whatever the
+input dtype. A molecule without any valid token scores ``-inf`` and has ``best_token == -1``.
+
+The torch references here are the definition of correctness; the fused Triton kernels live in
+``kernels/triton_maxsim.py`` and are imported lazily through :func:`kernels.dispatch.use_triton`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_same_device, check_tensor
+from .dispatch import use_triton
+
+# Elements of the float32 (T, chunk, Q) similarity block the reference may hold at once (64 MiB).
+_REF_BLOCK_ELEMS = 1 << 24
+
+
+def _check_maxsim_inputs(
+    queries: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor | None
+) -> None:
+    check_tensor("queries", queries, 2)
+    check_tensor("tokens", tokens, 3)
+    if queries.shape[1] != tokens.shape[2]:
+        raise ValueError(
+            f"queries (T, D={queries.shape[1]}) and tokens (M, Q, D={tokens.shape[2]}) disagree on D"
+        )
+    if token_mask is not None:
+        check_tensor("token_mask", token_mask, 2, (torch.bool,))
+        if tuple(token_mask.shape) != tuple(tokens.shape[:2]):
+            raise ValueError(
+                f"token_mask shape {tuple(token_mask.shape)} != tokens (M, Q) {tuple(tokens.shape[:2])}"
+            )
+    check_same_device(queries=queries, tokens=tokens, token_mask=token_mask)
+
+
+def _auto_chunk(t: int, q: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        return int(chunk_size)
+    return max(1, _REF_BLOCK_ELEMS // max(1, t * q))
+
+
+def _maxsim_chunk(
+    qf: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores/arg-max of float32 queries ``qf`` (T, D) against one chunk of molecules."""
+    m, q, d = tokens.shape
+    sim = (qf @ tokens.reshape(m * q, d).float().T).view(qf.shape[0], m, q)
+    if token_mask is not None:
+        sim = sim.masked_fill(~token_mask.unsqueeze(0), float("-inf"))
+    scores, best = sim.max(dim=2)
+    if token_mask is not None:
+        best = best.masked_fill(~token_mask.any(dim=1).unsqueeze(0), -1)
+    elif q == 0:
+        best = torch.full_like(best, -1)
+    return scores, best
+
+
+def maxsim_reference(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    token_mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch reference MaxSim.
+
+    Args:
+        queries: (T, D) float tensor (L2-normalised text vectors).
+        tokens: (M, Q, D) float tensor (L2-normalised molecule tokens).
+        token_mask: (M, Q) bool, True = valid token; ``None`` means all valid.
+        chunk_size: molecules scored per step; the float32 (T, chunk, Q) block is the only
+            intermediate. ``None`` picks a chunk that keeps it at most ~64 MiB.
+
+    Returns:
+        scores (T, M) float32 (``-inf`` for a molecule with no valid token) and
+        best_token (T, M) int64 (arg-max token index, ``-1`` for such molecules).
+    """
+    _check_maxsim_inputs(queries, tokens, token_mask)
+    t, m, q = queries.shape[0], tokens.shape[0], tokens.shape[1]
+    if q == 0:
+        return (
+            torch.full((t, m), float("-inf"), device=queries.device),
+            torch.full((t, m), -1, dtype=torch.int64, device=queries.device),
+        )
+    chunk = _auto_chunk(t, q, chunk_size)
+    qf = queries.float()
+    scores = torch.empty((t, m), dtype=torch.float32, device=queries.device)
+    best = torch.empty((t, m), dtype=torch.int64, device=queries.device)
+    for s in range(0, m, chunk):
+        e = min(m, s + chunk)
+        sc, bt = _maxsim_chunk(qf, tokens[s:e], None if token_mask is None else token_mask[s:e])
+        scores[:, s:e] = sc
+        best[:, s:e] = bt
+    return scores, best
+
+
+def merge_topk(
+    scores: torch.Tensor, index: torch.Tensor, best: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` of candidate rows (T, C), sorted by (score descending, molecule index ascending).
+
+    Two stable sorts give an exact, deterministic tie order (lower molecule index first); candidate
+    slots that hold no molecule must carry a huge index so that they lose ties against real ``-inf``.
+    """
+    order = torch.sort(index, dim=1, stable=True).indices
+    scores, index, best = scores.gather(1, order), index.gather(1, order), best.gather(1, order)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return scores.gather(1, order), index.gather(1, order), best.gather(1, order)
+
+
+def maxsim_topk_reference(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    token_mask: torch.Tensor | None = None,
+    *,
+    k: int,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Torch reference top-k MaxSim with a running merge, so (T, M) scores are never held at once.
+
+    Returns scores (T, k') float32, molecule_index (T, k') int64 and best_token (T, k') int64 with
+    ``k' = min(k, M)``, sorted by score descending; ties go to the lower molecule index.
+    """
+    _check_maxsim_inputs(queries, tokens, token_mask)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    t, m, q = queries.shape[0], tokens.shape[0], tokens.shape[1]
+    kk = min(int(k), m)
+    dev = queries.device
+    top_s = torch.empty((t, 0), dtype=torch.float32, device=dev)
+    top_i = torch.empty((t, 0), dtype=torch.int64, device=dev)
+    top_b = torch.empty((t, 0), dtype=torch.int64, device=dev)
+    if kk == 0:
+        return top_s, top_i, top_b
+    chunk = max(_auto_chunk(t, max(q, 1), chunk_size), 1)
+    for s in range(0, m, chunk):
+        e = min(m, s + chunk)
+        sc, bt = maxsim_reference(
+            queries, tokens[s:e], None if token_mask is None else token_mask[s:e], chunk_size=e - s
+        )
+        idx = torch.arange(s, e, device=dev).expand(t, e - s)
+        top_s, top_i, top_b = merge_topk(
+            torch.cat([top_s, sc], 1), torch.cat([top_i, idx], 1), torch.cat([top_b, bt], 1), kk
+        )
+    return top_s, top_i, top_b
+
+
+def maxsim(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    token_mask: torch.Tensor | None = None,
+    *,
+    return_argmax: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """MaxSim scores of every text against every molecule (dispatches Triton or torch).
+
+    Args:
+        queries: (T, D) float32/float16/bfloat16, L2-normalised.
+        tokens: (M, Q, D) same family of dtypes, L2-normalised.
+        token_mask: (M, Q) bool, True = valid; ``None`` = all valid.
+        return_argmax: also return the arg-max token per (text, molecule).
+
+    Returns:
+        scores (T, M) float32, or ``(scores, best_token)`` with best_token (T, M) int64
+        (``-1`` and score ``-inf`` for molecules without a valid token).
+    """
+    _check_maxsim_inputs(queries, tokens, token_mask)
+    if use_triton(queries, tokens, token_mask):
+        from .triton_maxsim import maxsim_triton
+
+        scores, best = maxsim_triton(queries, tokens, token_mask, return_argmax=return_argmax)
+    else:
+        scores, best = maxsim_reference(queries, tokens, token_mask)
+    return (scores, best) if return_argmax else scores
+
+
+def maxsim_topk(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    token_mask: torch.Tensor | None = None,
+    *,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` molecules per text by MaxSim (dispatches Triton or torch).
+
+    Returns ``(scores (T, k'), molecule_index (T, k') int64, best_token (T, k') int64)`` with
+    ``k' = min(k, M)``, sorted by score descending (ties: lower molecule index first). The Triton
+    path writes only per-block partial top-k lists, never the (T, M) score matrix.
+    """
+    _check_maxsim_inputs(queries, tokens, token_mask)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if use_triton(queries, tokens, token_mask):
+        from .triton_maxsim import maxsim_topk_triton
+
+        return maxsim_topk_triton(queries, tokens, token_mask, k=k)
+    return maxsim_topk_reference(queries, tokens, token_mask, k=k)

