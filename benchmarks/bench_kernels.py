@@ -115,7 +115,7 @@ def measure_ceilings(b: Bench, smoke: bool) -> dict[str, float]:
     nbytes = (1 << 20) if smoke else (2 << 30)
     src = torch.empty(nbytes, dtype=torch.uint8, device=b.device)
     dst = torch.empty_like(src)
-    ms = b.time_ms(lambda: dst.copy_(src))
+    ms = b.time_ms(lambda src=src, dst=dst: dst.copy_(src))
     out = {"copy_GBps": 2 * nbytes / ms / 1e6}  # read + write
     del src, dst
     n = 128 if smoke else 8192
@@ -168,7 +168,9 @@ def bench_maxsim(b: Bench, args: argparse.Namespace, rep: Report, smoke: bool) -
         ref_s, ref_b = maxsim_reference(queries, tokens, mask)
         cases = {
             "torch reference": lambda queries=queries: maxsim_reference(queries, tokens, mask),
-            "triton scores": lambda queries=queries: maxsim_triton(queries, tokens, mask, return_argmax=False),
+            "triton scores": lambda queries=queries: maxsim_triton(
+                queries, tokens, mask, return_argmax=False
+            ),
             "triton scores+argmax": lambda queries=queries: maxsim_triton(queries, tokens, mask),
         }
         for impl, fn in cases.items():
@@ -186,15 +188,26 @@ def bench_maxsim(b: Bench, args: argparse.Namespace, rep: Report, smoke: bool) -
         k = min(args.topk, m)
         ref_top = maxsim_topk_reference(queries, tokens, mask, k=k)
         for impl, fn in {
-            "torch reference top-k": lambda queries=queries: maxsim_topk_reference(queries, tokens, mask, k=k),
-            "triton top-k": lambda queries=queries: maxsim_topk_triton(queries, tokens, mask, k=k),
+            "torch reference top-k": lambda queries=queries, k=k: maxsim_topk_reference(
+                queries, tokens, mask, k=k
+            ),
+            "triton top-k": lambda queries=queries, k=k: maxsim_topk_triton(queries, tokens, mask, k=k),
         }.items():
             ms = b.time_ms(fn)
             res = fn()
             err = _err(res[0], ref_top[0]) if torch.equal(res[1], ref_top[1]) else float("inf")
             gbps = (moved - out_bytes) / ms / 1e6
             rep.rows.append(
-                Row(f"maxsim top-{k} T={t} M={m}", impl, ms, "GB/s", gbps, 100 * gbps / bw, b.peak_mib(fn), err)
+                Row(
+                    f"maxsim top-{k} T={t} M={m}",
+                    impl,
+                    ms,
+                    "GB/s",
+                    gbps,
+                    100 * gbps / bw,
+                    b.peak_mib(fn),
+                    err,
+                )
             )
     # goal: the best scores-only bandwidth at a search-sized text batch (T <= 32)
     cands = [
@@ -205,7 +218,7 @@ def bench_maxsim(b: Bench, args: argparse.Namespace, rep: Report, smoke: bool) -
         best = max(cands, key=lambda r: r.pct_ceiling)
         rep.goals.append(
             {"goal": "MaxSim >= 70% of measured copy bandwidth", "where": best.bench,
-             "value": f"{best.pct_ceiling:.1f}%", "met": bool(best.pct_ceiling >= 70.0)}
+             "value": f"{best.pct_ceiling:.1f}%", "met": None if smoke else bool(best.pct_ceiling >= 70.0)}
         )  # fmt: skip
 
 
@@ -290,7 +303,7 @@ def bench_pair_bias(b: Bench, args: argparse.Namespace, rep: Report, smoke: bool
     speedup = ref_ms / default.ms
     rep.goals.append(
         {"goal": "pair bias >= 3x faster than the torch reference at N = 128", "where": default.bench,
-         "value": f"x{speedup:.2f} ({default.impl})", "met": bool(n == 128 and speedup >= 3.0)}
+         "value": f"x{speedup:.2f} ({default.impl})", "met": None if smoke else bool(n == 128 and speedup >= 3.0)}
     )  # fmt: skip
     rep.goals.append(
         {"goal": "pair bias peak memory a fraction of the reference's", "where": default.bench,
@@ -364,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.cpu_smoke
     device = "cpu" if smoke else "cuda"
     b = Bench(device)
-    name = "CPU (Triton interpreter smoke run; timings meaningless)" if smoke else torch.cuda.get_device_name()
+    name = (
+        "CPU (Triton interpreter smoke run; timings meaningless)" if smoke else torch.cuda.get_device_name()
+    )
     rep = Report(device=name)
     torch.manual_seed(0)
     rep.ceilings = measure_ceilings(b, smoke)

@@ -51,7 +51,9 @@ class MoleculeEmbedder:
     def embed_views(self, views: Sequence[MoleculeViews]) -> MoleculeEmbeddings:
         """Embeddings for every view, in input order (tokens (M, 2K, D) and pooled (M, D), on the CPU)."""
         config = self.model.config
-        tokens = torch.empty(len(views), config.num_molecule_tokens, config.embedding_dim, dtype=self.token_dtype)
+        tokens = torch.empty(
+            len(views), config.num_molecule_tokens, config.embedding_dim, dtype=self.token_dtype
+        )
         pooled = torch.empty(len(views), config.embedding_dim, dtype=self.token_dtype)
         order = np.argsort([v.num_atoms for v in views], kind="stable")
         for start in range(0, len(views), self.batch_size):
@@ -62,9 +64,7 @@ class MoleculeEmbedder:
             pooled[index] = out.pooled.cpu()
         return MoleculeEmbeddings(tokens=tokens, pooled=pooled)
 
-    def embed_smiles(
-        self, smiles: Sequence[str | None]
-    ) -> tuple[list[ViewResult], MoleculeEmbeddings]:
+    def embed_smiles(self, smiles: Sequence[str | None]) -> tuple[list[ViewResult], MoleculeEmbeddings]:
         """Per-row view results (errors included, never raises for a bad row) and embeddings of the rows that worked."""
         results = compute_views_batch(list(smiles), self.model.config.views)
         good = [r.views for r in results if r.views is not None]

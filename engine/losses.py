@@ -75,8 +75,12 @@ def matching_loss(match_logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(match_logits, labels)
 
 
-def captioning_loss(token_logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def captioning_loss(
+    token_logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """Next-token cross-entropy: position t predicts token t+1; padding is ignored."""
     predictions = token_logits[:, :-1]
     targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-    return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(
+        predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )

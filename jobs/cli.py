@@ -9,10 +9,16 @@ from collections.abc import Sequence
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: a fresh model from --config)")
+    parser.add_argument(
+        "--model", default=None, help="checkpoint directory (default: a fresh model from --config)"
+    )
     parser.add_argument("--config", default="small", help="config name shipped in configs/ or a YAML path")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set qformer.num_query_tokens=8 (repeatable)",
     )
 
@@ -39,8 +45,14 @@ def _cmd_views(args: argparse.Namespace) -> int:
     for result, smiles in zip(compute_views_batch(args.smiles, config), args.smiles, strict=True):
         if result.ok:
             v = result.views
-            row = {"input": smiles, "canonical_smiles": v.canonical_smiles, "inchikey": v.inchikey,
-                   "num_atoms": v.num_atoms, "num_bonds": len(v.bond_types), "conformer_method": v.conformer_method}
+            row = {
+                "input": smiles,
+                "canonical_smiles": v.canonical_smiles,
+                "inchikey": v.inchikey,
+                "num_atoms": v.num_atoms,
+                "num_bonds": len(v.bond_types),
+                "conformer_method": v.conformer_method,
+            }
         else:
             failed += 1
             row = {"input": smiles, "error": result.error.code.value, "reason": result.error.reason}
@@ -57,7 +69,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mvclam", description="Text-aligned multi-view molecule embeddings (MV-CLAM): views, models and jobs."
+        prog="mvclam",
+        description="Text-aligned multi-view molecule embeddings (MV-CLAM): views, models and jobs.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

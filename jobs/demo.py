@@ -45,17 +45,21 @@ def run_demo(checkpoint: str | None = None, config: str = "small", top_k: int = 
     model = load_model(checkpoint, config)
     embedder = MoleculeEmbedder(model, batch_size=16)
     counts = model.parameter_counts()
-    print(f"model: {model.config.name} (version {model.model_version}), {counts['total'] / 1e6:.1f}M parameters")
+    print(
+        f"model: {model.config.name} (version {model.model_version}), {counts['total'] / 1e6:.1f}M parameters"
+    )
 
     start = time.perf_counter()
     results, embeddings = embedder.embed_smiles([smiles for _, smiles in DEMO_MOLECULES])
     seconds = time.perf_counter() - start
     names = [DEMO_MOLECULES[r.index][0] for r in results if r.ok]
     for result in results:
-        name, smiles = DEMO_MOLECULES[result.index]
+        name = DEMO_MOLECULES[result.index][0]
         if result.ok:
             views = result.views
-            print(f"  ok     {name:<20} atoms={views.num_atoms:<3} 3D={views.conformer_method:<12} {views.inchikey}")
+            print(
+                f"  ok     {name:<20} atoms={views.num_atoms:<3} 3D={views.conformer_method:<12} {views.inchikey}"
+            )
         else:
             print(f"  error  {name:<20} {result.error.code.value}: {result.error.reason}")
     print(
@@ -67,8 +71,12 @@ def run_demo(checkpoint: str | None = None, config: str = "small", top_k: int = 
     scores = model.score(text_vectors, embeddings.tokens)
     for query, row in zip(DEMO_QUERIES, scores, strict=True):
         best = row.topk(min(top_k, len(names)))
-        ranked = ", ".join(f"{names[i]} ({s:.3f})" for s, i in zip(best.values.tolist(), best.indices.tolist(), strict=True))
+        ranked = ", ".join(
+            f"{names[i]} ({s:.3f})" for s, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)
+        )
         print(f"query: {query!r}\n  top: {ranked}")
     if model.model_version == "untrained":
-        print("note: this model is freshly initialised (no trained checkpoint yet): rankings are not meaningful.")
+        print(
+            "note: this model is freshly initialised (no trained checkpoint yet): rankings are not meaningful."
+        )
     return DemoReport(embedded=len(names), failed=len(results) - len(names), seconds=seconds)

@@ -132,7 +132,8 @@ def gaussian_pair_bias(
         (B, H, N, N) float32 bias; exactly 0 where atom i or j is padding.
     """
     _check_pair_bias_inputs(coords, atom_types, atom_mask, pair_mul, pair_add, means, stds, w1, b1, w2, b2)
-    if use_triton(coords, atom_types, atom_mask, pair_mul, pair_add, means, stds, w1, b1, w2, b2):
+    fits = max(w1.shape[0], w2.shape[0]) <= 256  # the Triton kernel keeps Kh / H wide tiles on chip
+    if fits and use_triton(coords, atom_types, atom_mask, pair_mul, pair_add, means, stds, w1, b1, w2, b2):
         from .triton_pair_bias import gaussian_pair_bias_triton
 
         return gaussian_pair_bias_triton(

@@ -8,11 +8,17 @@ molecule's tokens are one contiguous load of Q*D elements), multiplied with the 
 by ``tl.dot`` (float32 accumulation) and reduced with max/arg-max over tokens in registers. Only the
 (BLOCK_T, BLOCK_M) score tile leaves the program, so the (T, M, Q) similarity tensor never exists.
 
-* ``BLOCK_T`` = next_pow2(T) clamped to [16, 64]: ``tl.dot`` needs >= 16 rows; 64 rows of a D=256
-  float16 text tile (32 KiB) stay resident while all tokens stream past. For small T (search
-  batches), the token stream dominates traffic, i.e. the kernel is memory-bound by design.
-* ``BLOCK_D`` = next_pow2(D) up to 256 (one load; the text tile is hoisted out of the molecule
-  loop), else 128 with a loop over D.
+* ``BLOCK_T`` = next_pow2(T) clamped to [16, 64] (32 for float32 or hi/lo-split dots, which need
+  more registers per row): ``tl.dot`` needs >= 16 rows. For small T (search batches) the token
+  stream dominates traffic, i.e. the kernel is memory-bound by design; larger T re-reads a
+  molecule block once per text block, mostly from L2 (see the grid order below).
+  8 warps from 32 rows up, 4 below (register counts checked with ptxas for sm_90: no spills).
+* ``BLOCK_D`` = next_pow2(D) up to 256: for D <= 256 the molecule loop has no inner loop, so it is
+  the innermost loop and Triton software-pipelines it (``num_stages=3``: the next molecules'
+  token blocks are in flight via cp.async while the current one is multiplied); beyond 256 a
+  loop over D. The small text tile is re-read per molecule (an L1 hit).
+* Checked by compiling for sm_90 with ptxas (no GPU here), with a real launch's argument
+  specialisation: loads pipelined, no register spills, 74 KiB shared memory at BLOCK_T = 16.
 * ``BLOCK_M`` = 32 molecules per program (amortises the text-tile load and the program start);
   for top-k it grows to keep the partial list at most a quarter of the block.
 * The grid is 1-D with the text block varying fastest, so programs that share a molecule block run
@@ -44,6 +50,32 @@ from .maxsim import _check_maxsim_inputs, merge_topk
 # Decided when this module (and so its @triton.jit functions) is imported, like Triton itself does.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 _NO_MOLECULE = torch.iinfo(torch.int64).max  # index of empty partial-top-k slots: loses every tie
+
+
+@triton.jit
+def _dot_chunk(
+    sim, q_ptr, qlo_ptr, tok_base, d0, offs_t, offs_d, offs_q, t_ok, q_ok, D,
+    stride_qt, stride_qd, stride_tq, stride_td,
+    SPLIT_Q: tl.constexpr, TOK_UPCAST: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    """sim += texts[:, d0:d0+BLOCK_D] @ tokens[m, :, d0:d0+BLOCK_D]^T (float32 accumulation)."""
+    dd = d0 + offs_d
+    qm = t_ok[:, None] & (dd < D)[None, :]
+    q_off = offs_t[:, None] * stride_qt + dd[None, :] * stride_qd
+    qt = tl.load(q_ptr + q_off, mask=qm, other=0.0)
+    tk = tl.load(
+        tok_base + offs_q[:, None] * stride_tq + dd[None, :] * stride_td,
+        mask=q_ok[:, None] & (dd < D)[None, :],
+        other=0.0,
+    )  # (BLOCK_Q, BLOCK_D), row-major like the table; transposed on chip for the dot
+    if TOK_UPCAST:
+        tk = tk.to(tl.float32)
+    tk = tl.trans(tk)
+    sim = tl.dot(qt, tk, sim, input_precision=DOT_PREC)
+    if SPLIT_Q:
+        qlo = tl.load(qlo_ptr + q_off, mask=qm, other=0.0)
+        sim = tl.dot(qlo, tk, sim, input_precision=DOT_PREC)
+    return sim
 
 
 @triton.jit
@@ -80,6 +112,7 @@ def _maxsim_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
     ONE_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -94,47 +127,24 @@ def _maxsim_kernel(
     m0 = pid_m.to(tl.int64) * BLOCK_M
     n_here = tl.minimum(M - m0, BLOCK_M).to(tl.int32)
 
-    if ONE_D:
-        # Text tile (and its low half) resident for the whole molecule loop.
-        qm = t_ok[:, None] & (offs_d < D)[None, :]
-        q_off = offs_t[:, None] * stride_qt + offs_d[None, :] * stride_qd
-        qt = tl.load(q_ptr + q_off, mask=qm, other=0.0)
-        if SPLIT_Q:
-            qlo = tl.load(qlo_ptr + q_off, mask=qm, other=0.0)
-
     score_tile = tl.full((BLOCK_T, BLOCK_M), float("-inf"), tl.float32)
     best_tile = tl.full((BLOCK_T, BLOCK_M), -1, tl.int32)
-    for j in range(0, n_here):
+    for j in tl.range(0, n_here, num_stages=3):
         tok_base = tok_ptr + (m0 + j) * stride_tm
+        sim = tl.zeros((BLOCK_T, BLOCK_Q), tl.float32)
         if ONE_D:
-            tk = tl.load(
-                tok_base + offs_d[:, None] * stride_td + offs_q[None, :] * stride_tq,
-                mask=(offs_d < D)[:, None] & q_ok[None, :],
-                other=0.0,
-            )  # (BLOCK_D, BLOCK_Q): tokens transposed for the dot
-            if TOK_UPCAST:
-                tk = tk.to(tl.float32)
-            sim = tl.dot(qt, tk, input_precision="ieee")
-            if SPLIT_Q:
-                sim = tl.dot(qlo, tk, sim, input_precision="ieee")
+            # D <= BLOCK_D: no inner loop, so the molecule loop is the innermost one and Triton's
+            # software pipeliner overlaps the next molecules' token loads with this dot.
+            sim = _dot_chunk(
+                sim, q_ptr, qlo_ptr, tok_base, 0, offs_t, offs_d, offs_q, t_ok, q_ok, D,
+                stride_qt, stride_qd, stride_tq, stride_td, SPLIT_Q, TOK_UPCAST, DOT_PREC,
+            )  # fmt: skip
         else:
-            sim = tl.zeros((BLOCK_T, BLOCK_Q), tl.float32)
             for d0 in range(0, D, BLOCK_D):
-                dd = d0 + offs_d
-                qm = t_ok[:, None] & (dd < D)[None, :]
-                q_off = offs_t[:, None] * stride_qt + dd[None, :] * stride_qd
-                qt = tl.load(q_ptr + q_off, mask=qm, other=0.0)
-                tk = tl.load(
-                    tok_base + dd[:, None] * stride_td + offs_q[None, :] * stride_tq,
-                    mask=(dd < D)[:, None] & q_ok[None, :],
-                    other=0.0,
-                )
-                if TOK_UPCAST:
-                    tk = tk.to(tl.float32)
-                sim = tl.dot(qt, tk, sim, input_precision="ieee")
-                if SPLIT_Q:
-                    qlo = tl.load(qlo_ptr + q_off, mask=qm, other=0.0)
-                    sim = tl.dot(qlo, tk, sim, input_precision="ieee")
+                sim = _dot_chunk(
+                    sim, q_ptr, qlo_ptr, tok_base, d0, offs_t, offs_d, offs_q, t_ok, q_ok, D,
+                    stride_qt, stride_qd, stride_tq, stride_td, SPLIT_Q, TOK_UPCAST, DOT_PREC,
+                )  # fmt: skip
         valid = q_ok
         if HAS_MASK:
             mv = tl.load(mask_ptr + (m0 + j) * stride_mm + offs_q * stride_mq, mask=q_ok, other=0)
@@ -206,9 +216,13 @@ def _launch(
     q_hi, q_lo, tok_upcast = _prepare(queries, tokens)
     if q_lo is not None and q_lo.stride() != q_hi.stride():
         q_hi, q_lo = q_hi.contiguous(), q_lo.contiguous()
-    bt = block_t or min(64, max(16, next_pow2(t)))
+    f32_dot = tok_upcast or tokens.dtype == torch.float32
+    # Register budget (checked with ptxas for sm_90: no spills): the hi/lo split and the float32
+    # FMA dots hold more per text row, so they get at most 32 rows; float32 dots also take D in
+    # 32-wide steps. 8 warps from 32 text rows up.
+    bt = block_t or min(32 if (f32_dot or q_lo is not None) else 64, max(16, next_pow2(t)))
     bq = max(16, next_pow2(q))
-    bd = block_d or (max(16, next_pow2(d)) if d <= 256 else 128)
+    bd = block_d or (32 if f32_dot else min(256, max(16, next_pow2(d))))
     n_tb, n_mb = triton.cdiv(t, bt), triton.cdiv(m, block_m)
     scores = torch.empty((t, m) if write_scores else (1,), dtype=torch.float32, device=dev)
     best = torch.empty((t, m) if write_scores and write_best else (1,), dtype=torch.int64, device=dev)
@@ -255,8 +269,10 @@ def _launch(
             BLOCK_M=block_m,
             BLOCK_Q=bq,
             BLOCK_D=bd,
+            # exact float32 dots when the operands are float32; ignored for half operands
+            DOT_PREC="ieee" if f32_dot else "tf32",
             ONE_D=bd >= d,
-            num_warps=4,
+            num_warps=8 if bt >= 32 else 4,
         )
     return scores, best, part_s, part_i, part_b
 

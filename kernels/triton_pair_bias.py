@@ -9,19 +9,25 @@ pairs of one molecule, flattened to ``BLOCK_P = BLOCK_I * BLOCK_J`` rows, and co
 for them in registers:
 
 1. gathers both atoms' coordinates and types, d = ||x_i - x_j||, x = mul[p] * d + add[p];
-2. the (BLOCK_P, K) Gaussian features g (never written to memory: that is the B x N x N x K
-   tensor the unfused reference materialises, along with the Kh-wide hidden layer);
-3. loops over the hidden width Kh in ``BLOCK_KH`` chunks: h = gelu(g W1[chunk]^T + b1[chunk])
-   (exact erf GELU) and acc += h W2[:, chunk]^T, so only a (BLOCK_P, BLOCK_KH) slice of the hidden
-   layer is ever live;
-4. adds b2, zeroes pairs with a padded atom and stores the (BLOCK_P, H) tile into (B, H, N, N):
-   for each head the BLOCK_J pairs of a row are contiguous, so stores are coalesced.
+2. loops over the K Gaussians in ``BLOCK_KC`` chunks: computes that (BLOCK_P, BLOCK_KC) slice of
+   the basis g and accumulates hid += g_chunk W1[:, chunk]^T, so g - the B x N x N x K tensor the
+   unfused reference materialises - only ever exists as a register slice;
+3. h = gelu(hid + b1) (exact erf GELU), out = h W2^T + b2 (the Kh-wide hidden layer stays on
+   chip too);
+4. zeroes pairs with a padded atom and stores the (BLOCK_P, H) tile into (B, H, N, N): for each
+   head the BLOCK_J pairs of a row are contiguous, so stores are coalesced.
 
 * ``BLOCK_J`` = next_pow2(N) clamped to [8, 32] (32 floats = one 128-byte line per row and head),
-  ``BLOCK_I`` = 128 // BLOCK_J rows (capped near N): BLOCK_P = 128 pairs, with Uni-Mol's
-  K = Kh = 128 and H = 64 the g tile (64 KiB float32) + accumulator fit in registers of 8 warps.
-* ``BLOCK_KH`` = 32: bounds the live hidden slice; W1/W2 chunks come from L2 (the weights are
-  ~100 KiB, shared by all programs).
+  ``BLOCK_I`` = 128 // BLOCK_J rows (capped near N): BLOCK_P = 128 pairs on 8 warps. With
+  Uni-Mol's K = Kh = 128, H = 64: hid (128 x 128 float32) + out (128 x 64) fit in registers.
+  Exact ``ieee`` FMA dots (a benchmark/debug option on GPU; tf32x3 is the default) use 64 pairs
+  on 16 warps.
+* ``BLOCK_KC`` = 32 Gaussians per step; W1 / W2 (~100 KiB together) are read from L2.
+* ``BLOCK_KH`` = next_pow2(Kh) and ``BLOCK_H`` = next_pow2(H), both <= 256 (else the dispatcher
+  uses the reference).
+* Register counts were checked by compiling for sm_90 with ptxas (no GPU here), with the same
+  argument specialisation as a real launch: no spills for tf32x3 / tf32 / ieee. An earlier layout that kept the whole g tile live and looped over Kh
+  spilled ~800 B per thread.
 * The only HBM traffic is coordinates/types in and B*H*N*N*4 bytes out.
 
 Precision: all inputs are converted to float32. On a GPU the dots use ``tf32x3`` (three tf32
@@ -41,6 +47,7 @@ from .pair_bias import _check_pair_bias_inputs
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 _PRECISIONS = ("ieee", "tf32x3", "tf32")
+MAX_HIDDEN = 256  # keep in sync with kernels.pair_bias; the (BLOCK_P, Kh) hidden tile and the (Kh, H) W2 tile must fit on chip
 
 
 @triton.jit
@@ -73,7 +80,7 @@ def _pair_bias_kernel(
     PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr,
     BLOCK_J: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    BLOCK_KC: tl.constexpr,
     BLOCK_KH: tl.constexpr,
     BLOCK_H: tl.constexpr,
 ):
@@ -94,9 +101,7 @@ def _pair_bias_kernel(
     xj_base = xyz_ptr + b * s_xb + jj * s_xn
     dx = tl.load(xi_base, mask=i_in, other=0.0) - tl.load(xj_base, mask=j_in, other=0.0)
     dy = tl.load(xi_base + s_xc, mask=i_in, other=0.0) - tl.load(xj_base + s_xc, mask=j_in, other=0.0)
-    dz = tl.load(xi_base + 2 * s_xc, mask=i_in, other=0.0) - tl.load(
-        xj_base + 2 * s_xc, mask=j_in, other=0.0
-    )
+    dz = tl.load(xi_base + 2 * s_xc, mask=i_in, other=0.0) - tl.load(xj_base + 2 * s_xc, mask=j_in, other=0.0)
     dist = tl.sqrt(dx * dx + dy * dy + dz * dz)
     ti = tl.load(type_ptr + b * s_tb + ii * s_tn, mask=mi, other=0)
     tj = tl.load(type_ptr + b * s_tb + jj * s_tn, mask=mj, other=0)
@@ -105,37 +110,37 @@ def _pair_bias_kernel(
         add_ptr + pidx, mask=pair_ok, other=0.0
     )
 
-    # Gaussian basis: (BLOCK_P, BLOCK_K), padded k columns are exactly 0.
-    offs_k = tl.arange(0, BLOCK_K)
-    k_ok = offs_k < KG
-    mu = tl.load(mean_ptr + offs_k, mask=k_ok, other=0.0)
-    inv_std = 1.0 / (tl.abs(tl.load(std_ptr + offs_k, mask=k_ok, other=1.0)) + 1e-5)
-    coef = tl.where(k_ok, inv_std * 0.3989422804014327, 0.0)  # 1 / (sqrt(2 pi) std)
-    z = (xg[:, None] - mu[None, :]) * inv_std[None, :]
-    g = tl.exp(-0.5 * z * z) * coef[None, :]
-
-    # NonLinearHead, chunked over the hidden width.
-    offs_h = tl.arange(0, BLOCK_H)
-    h_ok = offs_h < H
-    acc = tl.zeros((BLOCK_P, BLOCK_H), tl.float32)
-    for c0 in range(0, KH, BLOCK_KH):
-        offs_c = c0 + tl.arange(0, BLOCK_KH)
-        c_ok = offs_c < KH
+    # hidden = g W1^T accumulated over BLOCK_KC-wide chunks of the Gaussian basis, so only a
+    # (BLOCK_P, BLOCK_KC) slice of g is ever live; padded k / hidden columns contribute exactly 0.
+    offs_c = tl.arange(0, BLOCK_KH)
+    c_ok = offs_c < KH
+    hid = tl.zeros((BLOCK_P, BLOCK_KH), tl.float32)
+    for k0 in range(0, KG, BLOCK_KC):
+        offs_k = k0 + tl.arange(0, BLOCK_KC)
+        k_ok = offs_k < KG
+        mu = tl.load(mean_ptr + offs_k, mask=k_ok, other=0.0)
+        inv_std = 1.0 / (tl.abs(tl.load(std_ptr + offs_k, mask=k_ok, other=1.0)) + 1e-5)
+        coef = tl.where(k_ok, inv_std * 0.3989422804014327, 0.0)  # 1 / (sqrt(2 pi) std)
+        z = (xg[:, None] - mu[None, :]) * inv_std[None, :]
+        g = tl.exp(-0.5 * z * z) * coef[None, :]
         w1t = tl.load(
             w1_ptr + offs_c[None, :] * KG + offs_k[:, None], mask=k_ok[:, None] & c_ok[None, :], other=0.0
-        )  # (BLOCK_K, BLOCK_KH) = W1[chunk]^T
-        hid = tl.dot(g, w1t, input_precision=PRECISION)
-        hid += tl.load(b1_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
-        hid = 0.5 * hid * (1.0 + tl.erf(hid * 0.7071067811865476))
-        w2t = tl.load(
-            w2_ptr + offs_h[None, :] * KH + offs_c[:, None], mask=c_ok[:, None] & h_ok[None, :], other=0.0
-        )  # (BLOCK_KH, BLOCK_H) = W2[:, chunk]^T
-        acc = tl.dot(hid, w2t, acc, input_precision=PRECISION)
+        )  # (BLOCK_KC, BLOCK_KH) = W1[:, chunk]^T
+        hid = tl.dot(g, w1t, hid, input_precision=PRECISION)
+    hid += tl.load(b1_ptr + offs_c, mask=c_ok, other=0.0)[None, :]
+    hid = 0.5 * hid * (1.0 + tl.erf(hid * 0.7071067811865476))  # exact GELU
+
+    offs_h = tl.arange(0, BLOCK_H)
+    h_ok = offs_h < H
+    w2t = tl.load(
+        w2_ptr + offs_h[None, :] * KH + offs_c[:, None], mask=c_ok[:, None] & h_ok[None, :], other=0.0
+    )  # (BLOCK_KH, BLOCK_H) = W2^T
+    acc = tl.dot(hid, w2t, input_precision=PRECISION)
     acc += tl.load(b2_ptr + offs_h, mask=h_ok, other=0.0)[None, :]
     acc = tl.where(pair_ok[:, None], acc, 0.0)
 
-    nn = N.to(tl.int64) * N
-    out_off = b * H * nn + offs_h[None, :].to(tl.int64) * nn + (ii * N + jj)[:, None]
+    # int64 via b / offs_h (no .to() on N: Triton specialises an int argument equal to 1 as constexpr)
+    out_off = (b * H + offs_h[None, :].to(tl.int64)) * N * N + (ii * N + jj)[:, None]
     tl.store(out_ptr + out_off, acc, mask=(i_in & j_in)[:, None] & h_ok[None, :])
 
 
@@ -155,7 +160,7 @@ def gaussian_pair_bias_triton(
     precision: str | None = None,
     block_i: int | None = None,
     block_j: int | None = None,
-    block_kh: int | None = None,
+    block_kc: int | None = None,
 ) -> torch.Tensor:
     """Triton version of :func:`kernels.pair_bias.gaussian_pair_bias` (forward only).
 
@@ -177,20 +182,23 @@ def gaussian_pair_bias_triton(
     xyz = coords.float()
     mask = atom_mask.view(torch.uint8)
     bj = block_j or min(32, max(8, next_pow2(n)))
-    bi = block_i or max(2, min(128 // bj, next_pow2(n)))
+    ieee_gpu = prec == "ieee" and not _INTERPRET  # FMA dots: far more registers per pair
+    pairs = 64 if ieee_gpu else 128
+    bi = block_i or max(16 // bj, min(pairs // bj, next_pow2(n)))
     if bi * bj < 16:
         raise ValueError(f"block_i * block_j must be >= 16 (tl.dot), got {bi} x {bj}")
-    bkh = block_kh or min(32, max(16, next_pow2(kh)))
+    bkc = block_kc or min(32, max(16, next_pow2(kg)))
+    bkh = max(16, next_pow2(kh))
+    if bkh > MAX_HIDDEN or h > MAX_HIDDEN:
+        raise ValueError(f"Kh={kh} and H={h} must be <= {MAX_HIDDEN} for the Triton kernel")
     n_jb = triton.cdiv(n, bj)
     grid = (triton.cdiv(n, bi) * n_jb, bsz)
     _pair_bias_kernel[grid](
         xyz, atom_types, mask, *f32, out,
         n, n_types, kg, kh, h, n_jb,
         *xyz.stride(), *atom_types.stride(), *mask.stride(),
-        PRECISION=prec, BLOCK_I=bi, BLOCK_J=bj, BLOCK_K=max(16, next_pow2(kg)), BLOCK_KH=bkh,
+        PRECISION=prec, BLOCK_I=bi, BLOCK_J=bj, BLOCK_KC=bkc, BLOCK_KH=bkh,
         BLOCK_H=max(16, next_pow2(h)),
-        num_warps=8 if bi * bj >= 128 else 4,
+        num_warps=16 if ieee_gpu else (8 if bi * bj >= 64 else 4),
     )  # fmt: skip
     return out
-
-

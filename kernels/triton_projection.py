@@ -8,11 +8,13 @@ Grid = cdiv(R, BLOCK_R) over the flattened rows R = prod(x.shape[:-1]). A progra
 complete output rows: the (BLOCK_R, D) float32 accumulator holds the whole embedding width, so
 the row norm is computed in registers right after the GEMM and the normalised, cast row is written
 once (no float32 (R, D) intermediate, no second pass). The input width Hin is streamed in
-``BLOCK_HIN`` = 64-column chunks of x and W.
+``BLOCK_HIN``-column chunks of x and W (64 for half operands, 32 for float32 ones so that
+three pipeline stages fit in shared memory).
 
 * ``BLOCK_D`` = next_pow2(D) (D <= 1024; the dispatcher uses the reference beyond that).
-* ``BLOCK_R`` = 16384 // BLOCK_D clamped to [16, 64]: bounds the accumulator to 64 KiB (64
-  float32 registers per thread with 8 warps); D = 256 gives 64 rows per program.
+* ``BLOCK_R`` = 16384 // BLOCK_D clamped to [16, 64] (32 for float32 operands, whose tf32x3
+  split needs more registers): bounds the accumulator to 64 KiB (64 float32 registers per thread
+  with 8 warps); D = 256 gives 64 rows per program. Checked with ptxas for sm_90: no spills.
 * W (D x Hin, e.g. 256 x 768) is re-read by every program from L2; R is at most tens of
   thousands of rows per embedding batch, so this is cheap compared with launching a GEMM and
   a separate normalisation.
@@ -97,7 +99,7 @@ def project_normalize_triton(
     out_dtype: torch.dtype | None = None,
     *,
     block_r: int | None = None,
-    block_hin: int = 64,
+    block_hin: int | None = None,
 ) -> torch.Tensor:
     """Triton version of :func:`kernels.projection.project_normalize` (forward only).
 
@@ -118,16 +120,20 @@ def project_normalize_triton(
         native = False
     # Mixed dtypes: one exact float32 copy of the (small) weight; x is converted after loading.
     w = weight if x.dtype == weight.dtype else weight.float()
-    prec = "ieee" if _INTERPRET else "tf32x3"
+    # float32 operands: exact in the interpreter, tf32x3 (~float32) on GPU; half operands: plain MMA
+    prec = "tf32" if native else ("ieee" if _INTERPRET else "tf32x3")
     bd = max(16, next_pow2(d))
-    br = block_r or min(64, max(16, 16384 // bd))
+    # float32 operand chunks are twice as big: 32 columns keep 3 pipeline stages of the x and W
+    # chunks within H100 shared memory (64 columns would need ~290 KiB at D = 256).
+    bh = block_hin or (64 if native else 32)
+    br = block_r or min(64 if native else 32, max(16, 16384 // bd))  # float32 operands: 32 rows
     b = bias.float().contiguous() if bias is not None else y  # placeholder pointer when no bias
     _project_normalize_kernel[(triton.cdiv(r, br),)](
         x2, w, b, y,
         r, hin, d,
         x2.stride(0), x2.stride(1), w.stride(0), w.stride(1),
         HAS_BIAS=bias is not None, UPCAST=not native, PRECISION=prec,
-        BLOCK_R=br, BLOCK_D=bd, BLOCK_HIN=block_hin,
+        BLOCK_R=br, BLOCK_D=bd, BLOCK_HIN=bh,
         num_warps=8 if br * bd >= 8192 else 4,
     )  # fmt: skip
     return y.view(*lead, d)

@@ -31,7 +31,11 @@ def trained_model():
 def outputs(model: MVCLAM):
     batch = collate_views([compute_views(s) for s in SMILES])
     with torch.no_grad():
-        return model.embed_molecules(batch).tokens, model.embed_texts(TEXTS), model.match_probability(batch, TEXTS)
+        return (
+            model.embed_molecules(batch).tokens,
+            model.embed_texts(TEXTS),
+            model.match_probability(batch, TEXTS),
+        )
 
 
 def test_round_trip_reproduces_outputs_exactly(trained_model, tmp_path):

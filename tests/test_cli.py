@@ -30,7 +30,9 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "mvclam.jobs.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mvclam.jobs.cli", "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0
     for command in ("info", "views", "demo"):
         assert command in result.stdout

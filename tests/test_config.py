@@ -19,15 +19,20 @@ def test_small_and_paper_configs_load():
 
 
 def test_overrides_and_round_trip_through_dict():
-    config = load_config("small", ["qformer.num_query_tokens=8", "views.mmff_relax=true", "loss.temperature=0.1"])
+    config = load_config(
+        "small", ["qformer.num_query_tokens=8", "views.mmff_relax=true", "loss.temperature=0.1"]
+    )
     assert config.qformer.num_query_tokens == 8 and config.views.mmff_relax and config.loss.temperature == 0.1
     assert MVCLAMConfig.from_dict(config.to_dict()) == config
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [(["qformer.nope=1"], "unknown keys in config section 'qformer'"), (["bogus=1"], "unknown config keys"),
-     (["qformer.num_layers"], "section.key=value")],
+    [
+        (["qformer.nope=1"], "unknown keys in config section 'qformer'"),
+        (["bogus=1"], "unknown config keys"),
+        (["qformer.num_layers"], "section.key=value"),
+    ],
 )
 def test_bad_overrides_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):

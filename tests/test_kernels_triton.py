@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-import mvclam.kernels as K  # noqa: E402
-from mvclam.kernels import triton_cross_attention as tca  # noqa: E402
-from mvclam.kernels import triton_maxsim as tms  # noqa: E402
-from mvclam.kernels import triton_pair_bias as tpb  # noqa: E402
-from mvclam.kernels import triton_projection as tpr  # noqa: E402
+import mvclam.kernels as K
+from mvclam.kernels import triton_cross_attention as tca
+from mvclam.kernels import triton_maxsim as tms
+from mvclam.kernels import triton_pair_bias as tpb
+from mvclam.kernels import triton_projection as tpr
 
 try:  # tests/ is not a package: pytest's default import mode puts it on sys.path
     from test_kernels import _pair_bias_args
@@ -219,7 +219,7 @@ def test_pair_bias_kernel(dtype: torch.dtype, poison: dict[str, int]) -> None:
     args = [a.to(dtype) if a.is_floating_point() else a for a in args]
     ref = K.gaussian_pair_bias_reference(*args)
     poison["n"] = 0
-    out = tpb.gaussian_pair_bias_triton(*args, block_i=2, block_j=8, block_kh=16)  # 36 tiles/molecule
+    out = tpb.gaussian_pair_bias_triton(*args, block_i=2, block_j=8, block_kc=16)  # 36 tiles/molecule
     assert poison["n"] > 0
     assert out.dtype == torch.float32 and out.shape == (3, 6, 11, 11)
     assert_close(out, ref, torch.float32)
@@ -301,10 +301,13 @@ def test_public_api_dispatches_to_triton(monkeypatch: pytest.MonkeyPatch, poison
     mask = _token_mask(5, 6, empty=(1,))
     s, b = K.maxsim(q, t, mask, return_argmax=True)
     rs, rb = K.maxsim_reference(q, t, mask)
-    assert_close(s, rs, torch.float32) and torch.equal(b, rb)
+    assert_close(s, rs, torch.float32)
+    assert torch.equal(b, rb)
     assert_close(K.maxsim(q, t, mask), rs, torch.float32)
     ts, ti, tb = K.maxsim_topk(q, t, mask, k=3)
-    assert torch.equal(ti, K.maxsim_topk_reference(q, t, mask, k=3)[1])
+    rts, rti, rtb = K.maxsim_topk_reference(q, t, mask, k=3)
+    assert torch.equal(ti, rti) and torch.equal(tb, rtb)
+    assert_close(ts, rts, torch.float32)
     aq, ak, av, am = _attn_inputs(3, 2, 4, 23, 16, torch.float32)
     assert_close(K.query_cross_attention(aq, ak, av, am), K.query_cross_attention_reference(aq, ak, av, am), torch.float32)  # fmt: skip
     pargs = [a.to(DEV) for a in _pair_bias_args(2, 6, n_types=3, kg=8, kh=8, h=2)]

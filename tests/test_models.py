@@ -29,11 +29,25 @@ TEXTS = [
 def tiny_config(**overrides: object):
     """A randomly initialised, fast config with the real MiniLM tokenizer."""
     items = [
-        "qformer.init=none", "qformer.hidden_size=64", "qformer.num_layers=2", "qformer.num_heads=4",
-        "qformer.intermediate_size=128", "qformer.num_query_tokens=4", "qformer.dropout=0.0",
-        "encoder_2d.hidden_size=32", "encoder_2d.num_layers=2", "encoder_2d.num_heads=4", "encoder_2d.ffn_size=64",
-        "encoder_2d.dropout=0.0", "encoder_3d.hidden_size=32", "encoder_3d.num_layers=2", "encoder_3d.num_heads=4",
-        "encoder_3d.ffn_size=64", "encoder_3d.num_gaussians=16", "encoder_3d.dropout=0.0", "embedding_dim=48",
+        "qformer.init=none",
+        "qformer.hidden_size=64",
+        "qformer.num_layers=2",
+        "qformer.num_heads=4",
+        "qformer.intermediate_size=128",
+        "qformer.num_query_tokens=4",
+        "qformer.dropout=0.0",
+        "encoder_2d.hidden_size=32",
+        "encoder_2d.num_layers=2",
+        "encoder_2d.num_heads=4",
+        "encoder_2d.ffn_size=64",
+        "encoder_2d.dropout=0.0",
+        "encoder_3d.hidden_size=32",
+        "encoder_3d.num_layers=2",
+        "encoder_3d.num_heads=4",
+        "encoder_3d.ffn_size=64",
+        "encoder_3d.num_gaussians=16",
+        "encoder_3d.dropout=0.0",
+        "embedding_dim=48",
         "max_text_length=32",
     ]
     items += [f"{k}={v}" for k, v in overrides.items()]
@@ -164,15 +178,27 @@ def test_gradients_reach_every_trainable_part(tiny_model, views):
     missing = [n for n, p in tiny_model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"no gradient for {missing[:10]}"
     groups = {
-        "encoder_2d": "encoder_2d.", "encoder_3d": "encoder_3d.", "pair_bias": "encoder_3d.pair_bias.",
-        "queries": "qformer.query_tokens", "self_attention": "qformer.layer.0.attention.",
-        "cross_attention_2d": "qformer.layer.0.crossattention.0.", "cross_attention_3d": "qformer.layer.0.crossattention.1.",
-        "query_ffn": "qformer.layer.1.intermediate_query.", "text_ffn": "qformer.layer.1.intermediate.",
-        "molecule_projection": "molecule_projection.", "text_projection": "text_projection.",
-        "matching_head": "matching_head.", "lm_head": "lm_head.", "temperature": "log_logit_scale",
+        "encoder_2d": "encoder_2d.",
+        "encoder_3d": "encoder_3d.",
+        "pair_bias": "encoder_3d.pair_bias.",
+        "queries": "qformer.query_tokens",
+        "self_attention": "qformer.layer.0.attention.",
+        "cross_attention_2d": "qformer.layer.0.crossattention.0.",
+        "cross_attention_3d": "qformer.layer.0.crossattention.1.",
+        "query_ffn": "qformer.layer.1.intermediate_query.",
+        "text_ffn": "qformer.layer.1.intermediate.",
+        "molecule_projection": "molecule_projection.",
+        "text_projection": "text_projection.",
+        "matching_head": "matching_head.",
+        "lm_head": "lm_head.",
+        "temperature": "log_logit_scale",
     }
     for group, prefix in groups.items():
-        norm = sum(p.grad.abs().sum() for n, p in tiny_model.named_parameters() if n.startswith(prefix) and p.grad is not None)
+        norm = sum(
+            p.grad.abs().sum()
+            for n, p in tiny_model.named_parameters()
+            if n.startswith(prefix) and p.grad is not None
+        )
         assert norm > 0, f"zero gradient in {group}"
     assert tiny_model.qformer.embeddings.word_embeddings.weight.grad is None  # frozen by config
 
@@ -211,7 +237,9 @@ def test_hard_negatives_never_pick_the_same_molecule():
     similarity = torch.randn(5, 5)
     groups = torch.tensor([0, 0, 1, 2, 3])
     for seed in range(20):
-        neg_mol, neg_text = losses.sample_hard_negatives(similarity, groups, torch.Generator().manual_seed(seed))
+        neg_mol, neg_text = losses.sample_hard_negatives(
+            similarity, groups, torch.Generator().manual_seed(seed)
+        )
         assert (groups[neg_mol] != groups).all() and (groups[neg_text] != groups).all()
     neg_mol, neg_text = losses.sample_hard_negatives(torch.randn(2, 2), torch.tensor([7, 7]))
     assert neg_mol.tolist() == [-1, -1] and neg_text.tolist() == [-1, -1]

@@ -93,7 +93,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if manifest.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an mvclam checkpoint manifest")
     if manifest.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format_version {manifest['format_version']}; upgrade mvclam to read it")
+        raise CheckpointError(
+            f"{path} has format_version {manifest['format_version']}; upgrade mvclam to read it"
+        )
     return manifest
 
 
@@ -107,7 +109,10 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     tokenizer = load_tokenizer(str(directory)) if has_tokenizer else None
     model = MVCLAM(config, load_pretrained=False, tokenizer=tokenizer)
 
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(directory / WEIGHTS_FILE)).items()}
+    state = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_file(str(directory / WEIGHTS_FILE)).items()
+    }
     package_states: dict[str, dict[str, torch.Tensor]] = {}
     for name, ref in manifest.get("referenced_tensors", {}).items():
         distribution = ref["distribution"]
@@ -126,6 +131,8 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
 
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise CheckpointError(
+            f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     model.model_version = manifest["model_version"]
     return model.to(map_location)

@@ -133,8 +133,11 @@ def config_path(name_or_path: str | Path) -> Path:
         return path
     shipped = resources.files("mvclam.configs") / f"{name_or_path}.yaml"
     if not shipped.is_file():
-        available = sorted(p.name.removesuffix(".yaml") for p in resources.files("mvclam.configs").iterdir()
-                           if p.name.endswith(".yaml"))
+        available = sorted(
+            p.name.removesuffix(".yaml")
+            for p in resources.files("mvclam.configs").iterdir()
+            if p.name.endswith(".yaml")
+        )
         raise FileNotFoundError(f"no shipped config named '{name_or_path}'; available: {available}")
     return Path(str(shipped))
 

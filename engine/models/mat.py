@@ -13,7 +13,6 @@ much padding its batch has.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mvclam.engine.models.config import Graph2DEncoderConfig

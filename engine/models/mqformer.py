@@ -87,7 +87,9 @@ class BertSelfAttention(nn.Module):
         self.head_dim = config.hidden_size // config.num_heads
         self.dropout_p = config.dropout
         self.self = SelfAttentionProjections(config.hidden_size)
-        self.output = ResidualOutput(config.hidden_size, config.hidden_size, config.layer_norm_eps, config.dropout)
+        self.output = ResidualOutput(
+            config.hidden_size, config.hidden_size, config.layer_norm_eps, config.dropout
+        )
 
     def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         batch, length, hidden = x.shape
@@ -110,7 +112,9 @@ class ViewCrossAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(encoder_size, config.hidden_size)
         self.value = nn.Linear(encoder_size, config.hidden_size)
-        self.output = ResidualOutput(config.hidden_size, config.hidden_size, config.layer_norm_eps, config.dropout)
+        self.output = ResidualOutput(
+            config.hidden_size, config.hidden_size, config.layer_norm_eps, config.dropout
+        )
 
 
 class FeedForward(nn.Module):
@@ -135,7 +139,9 @@ class MQFormerLayer(nn.Module):
         )
         # Text FFN (BERT's names) and the query FFN (BLIP-2's intermediate_query/output_query).
         self.intermediate = FeedForward(config)
-        self.output = ResidualOutput(config.intermediate_size, config.hidden_size, config.layer_norm_eps, config.dropout)
+        self.output = ResidualOutput(
+            config.intermediate_size, config.hidden_size, config.layer_norm_eps, config.dropout
+        )
         self.intermediate_query = FeedForward(config)
         self.output_query = ResidualOutput(
             config.intermediate_size, config.hidden_size, config.layer_norm_eps, config.dropout
@@ -188,7 +194,12 @@ class MQFormerLayer(nn.Module):
 
 
 def build_attention_mask(
-    mode: str, batch: int, num_views: int, num_queries: int, text_mask: torch.Tensor | None, device: torch.device
+    mode: str,
+    batch: int,
+    num_views: int,
+    num_queries: int,
+    text_mask: torch.Tensor | None,
+    device: torch.device,
 ) -> torch.Tensor:
     """Boolean (B, S, S) mask, True where a position (row) may attend to another (column); see module doc."""
     if mode not in MODES:
@@ -228,7 +239,9 @@ class MQFormer(nn.Module):
         self.embeddings = BertEmbeddings(config)
         self.query_tokens = nn.Parameter(torch.randn(config.num_query_tokens, config.hidden_size) * 0.02)
         self.layer = nn.ModuleList(
-            MQFormerLayer(config, encoder_sizes, has_cross_attention=index % config.cross_attention_every == 0)
+            MQFormerLayer(
+                config, encoder_sizes, has_cross_attention=index % config.cross_attention_every == 0
+            )
             for index in range(config.num_layers)
         )
 
@@ -263,7 +276,12 @@ class MQFormer(nn.Module):
 
         num_query_positions = self.num_views * self.config.num_query_tokens if needs_views else 0
         attend = build_attention_mask(
-            mode, batch, self.num_views, self.config.num_query_tokens, text_mask if needs_text else None, device
+            mode,
+            batch,
+            self.num_views,
+            self.config.num_query_tokens,
+            text_mask if needs_text else None,
+            device,
         )
         for layer in self.layer:
             x = layer(x, attend, num_query_positions, views, view_masks)

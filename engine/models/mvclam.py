@@ -92,7 +92,9 @@ class MVCLAM(nn.Module):
         self.qformer.embeddings.word_embeddings.weight.requires_grad_(not qformer.freeze_word_embeddings)
         self.tokenizer: PreTrainedTokenizerBase = tokenizer or load_tokenizer(qformer.tokenizer)
         if len(self.tokenizer) > qformer.vocab_size:
-            raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but qformer.vocab_size is {qformer.vocab_size}")
+            raise ValueError(
+                f"tokenizer has {len(self.tokenizer)} tokens but qformer.vocab_size is {qformer.vocab_size}"
+            )
         self.decoder_start_id = self.tokenizer.convert_tokens_to_ids(DECODER_START_TOKEN)
         self.model_version = "untrained"
 
@@ -116,8 +118,11 @@ class MVCLAM(nn.Module):
             copied[target] = tensor
             self.package_sources[target] = (MINILM_DISTRIBUTION, key)
             # BLIP-2 initialises the query FFN as a copy of the text FFN.
-            for text_part, query_part in ((".intermediate.", ".intermediate_query."), (".output.dense", ".output_query.dense"),
-                                          (".output.LayerNorm", ".output_query.LayerNorm")):
+            for text_part, query_part in (
+                (".intermediate.", ".intermediate_query."),
+                (".output.dense", ".output_query.dense"),
+                (".output.LayerNorm", ".output_query.LayerNorm"),
+            ):
                 if text_part in target and ".attention." not in target:
                     copied[target.replace(text_part, query_part)] = tensor
         missing = [key for key in copied if key not in own]
@@ -132,12 +137,18 @@ class MVCLAM(nn.Module):
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.config.max_text_length, return_tensors="pt"
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_text_length,
+            return_tensors="pt",
         )
         device = self.log_logit_scale.device
         return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
-    def project_molecule_states(self, query_states: torch.Tensor, out_dtype: torch.dtype | None = None) -> MoleculeEmbeddings:
+    def project_molecule_states(
+        self, query_states: torch.Tensor, out_dtype: torch.dtype | None = None
+    ) -> MoleculeEmbeddings:
         tokens = project_normalize(
             query_states, self.molecule_projection.weight, self.molecule_projection.bias, out_dtype=out_dtype
         )
@@ -171,7 +182,11 @@ class MVCLAM(nn.Module):
 
     # ----------------------------------------------------------------------------- matching / captioning
     def match_logits(
-        self, states: list[torch.Tensor], masks: list[torch.Tensor], text_ids: torch.Tensor, text_mask: torch.Tensor
+        self,
+        states: list[torch.Tensor],
+        masks: list[torch.Tensor],
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
     ) -> torch.Tensor:
         """(P, 2) logits for row-aligned (molecule, text) pairs; BLIP-2 averages the head over query outputs."""
         query_states, _ = self.qformer("match", states, masks, text_ids, text_mask)
@@ -183,7 +198,11 @@ class MVCLAM(nn.Module):
         return self.match_logits(states, masks, *self.tokenize(texts)).softmax(dim=-1)[:, 1]
 
     def caption_logits(
-        self, states: list[torch.Tensor], masks: list[torch.Tensor], text_ids: torch.Tensor, text_mask: torch.Tensor
+        self,
+        states: list[torch.Tensor],
+        masks: list[torch.Tensor],
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
     ) -> torch.Tensor:
         decoder_ids = text_ids.clone()
         decoder_ids[:, 0] = self.decoder_start_id
@@ -211,7 +230,9 @@ class MVCLAM(nn.Module):
         assert query_states is not None
         molecule_tokens = self.project_molecule_states(query_states).tokens
         text_vectors = self.embed_text_ids(text_ids, text_mask)
-        contrastive = losses.token_contrastive_loss(molecule_tokens, text_vectors, self.logit_scale, group_ids)
+        contrastive = losses.token_contrastive_loss(
+            molecule_tokens, text_vectors, self.logit_scale, group_ids
+        )
 
         matching = zero
         if weights.matching_weight:

@@ -115,21 +115,22 @@ def _views_from_batch(batch: pa.RecordBatch) -> list[MoleculeViews]:
     smiles = batch.column("canonical_smiles").to_pylist()
     keys = batch.column("inchikey").to_pylist()
     methods = batch.column("conformer_method").to_pylist()
-    shapes = {
-        "atom_features": lambda n, e: (n, NUM_ATOM_FEATURES),
-        "bonds": lambda n, e: (e, 2),
-        "bond_types": lambda n, e: (e,),
-        "topological_distance": lambda n, e: (n, n),
-        "coordinates": lambda n, e: (n, 3),
-    }
     views = []
     for row in range(batch.num_rows):
-        n, e = int(n_atoms[row]), int(n_bonds[row])
-        arrays = {
-            name: values[offsets[row] : offsets[row + 1]].reshape(shapes[name](n, e))
-            for name, (values, offsets) in flat.items()
-        }
-        views.append(MoleculeViews(smiles[row], keys[row], conformer_method=methods[row], **arrays))
+        n = int(n_atoms[row])
+        part = {name: values[offsets[row] : offsets[row + 1]] for name, (values, offsets) in flat.items()}
+        views.append(
+            MoleculeViews(
+                canonical_smiles=smiles[row],
+                inchikey=keys[row],
+                atom_features=part["atom_features"].reshape(n, NUM_ATOM_FEATURES),
+                bonds=part["bonds"].reshape(-1, 2),
+                bond_types=part["bond_types"],
+                topological_distance=part["topological_distance"].reshape(n, n),
+                coordinates=part["coordinates"].reshape(n, 3),
+                conformer_method=methods[row],
+            )
+        )
     return views
 
 

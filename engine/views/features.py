@@ -84,21 +84,55 @@ BOND_OTHER = len(BOND_TYPES) - 1
 _PT = Chem.GetPeriodicTable()
 SYMBOL_TO_ATOMIC_NUMBER: dict[str, int] = {_PT.GetElementSymbol(z): z for z in range(1, 119)}
 
-# Lookup tables so the per-atom Python loop only reads raw RDKit values; mapping is vectorised.
-_MAX_Z = 118
-_ELEMENT_LUT = np.full(_MAX_Z + 1, ATOM_FEATURE_SPEC[0].other, dtype=np.uint8)
-for _i, _sym in enumerate(ELEMENTS):
-    _ELEMENT_LUT[SYMBOL_TO_ATOMIC_NUMBER[_sym]] = _i + 1
 
-_HYB = ATOM_FEATURE_SPEC[7]
-_HYBRIDIZATION_CODE = {getattr(Chem.HybridizationType, name): _HYB.code(name) for name in _HYB.categories}
-_CHIRAL = ATOM_FEATURE_SPEC[8]
-_CHIRAL_CODE = {
-    Chem.ChiralType.CHI_UNSPECIFIED: _CHIRAL.code("none"),
-    Chem.ChiralType.CHI_TETRAHEDRAL_CW: _CHIRAL.code("CW"),
-    Chem.ChiralType.CHI_TETRAHEDRAL_CCW: _CHIRAL.code("CCW"),
-}
-_CIP = ATOM_FEATURE_SPEC[9]
+# Vectorised mapping: per atom, Python only reads raw RDKit values (one `map` per property, the
+# cheapest way through Boost.Python); all columns are then mapped to codes at once through one
+# flat lookup table: code = LUT[base + clip(raw - offset, 0, len - 1)], clipping into the
+# "other" entries at both ends of each column's table.
+def _range_lut(column: FeatureColumn) -> list[int]:
+    """Integer categories low..high: [other, 1..K, other], used with offset low - 1."""
+    return [column.other, *range(1, len(column.categories) + 1), column.other]
+
+
+def _enum_lut(column: FeatureColumn, enum_type: type, names: dict[str, str]) -> list[int]:
+    """RDKit enum (by int value) -> code; values not listed in `names` -> other."""
+    lut = [column.other] * (max(int(v) for v in enum_type.values.values()) + 1)
+    for enum_name, category in names.items():
+        lut[int(getattr(enum_type, enum_name))] = column.code(category)
+    return lut
+
+
+_SPEC = {c.name: c for c in ATOM_FEATURE_SPEC}
+_element_lut = [_SPEC["element"].other] * 119  # by atomic number; dummy atoms (Z = 0) -> other
+for _i, _sym in enumerate(ELEMENTS):
+    _element_lut[SYMBOL_TO_ATOMIC_NUMBER[_sym]] = _i + 1
+_ring = _SPEC["ring_size"]
+_hybridization = _SPEC["hybridization"]
+# (offset, lookup table) per column 0..8 (cip, column 9, is read separately: few atoms have one).
+_COLUMN_LUTS: tuple[tuple[int, list[int]], ...] = (
+    (0, _element_lut),
+    (-1, _range_lut(_SPEC["degree"])),
+    (-1, _range_lut(_SPEC["num_hs"])),
+    (-4, _range_lut(_SPEC["formal_charge"])),
+    (0, [1, 2]),  # aromatic: False/True
+    (0, [1, 2]),  # in_ring, from the smallest ring size: 0 -> no, >= 1 -> yes
+    (0, [1, _ring.other, _ring.other, *range(2, 8)]),  # ring size 0, 1, 2, 3..7, 8+ (clipped)
+    (0, _enum_lut(_hybridization, Chem.HybridizationType, {n: n for n in _hybridization.categories})),
+    (
+        0,
+        _enum_lut(
+            _SPEC["chirality"],
+            Chem.ChiralType,
+            {"CHI_UNSPECIFIED": "none", "CHI_TETRAHEDRAL_CW": "CW", "CHI_TETRAHEDRAL_CCW": "CCW"},
+        ),
+    ),
+)
+_LUT_OFFSET = np.array([offset for offset, _ in _COLUMN_LUTS], dtype=np.int32)
+_LUT_MAX = np.array([len(lut) - 1 for _, lut in _COLUMN_LUTS], dtype=np.int32)
+_LUT_BASE = np.cumsum([0] + [len(lut) for _, lut in _COLUMN_LUTS[:-1]], dtype=np.int32)
+_FLAT_LUT = np.concatenate([np.asarray(lut, dtype=np.uint8) for _, lut in _COLUMN_LUTS])
+_HYBRIDIZATION_S = _hybridization.code("S")
+_CIP = _SPEC["cip"]
 _CIP_CODE = {"R": _CIP.code("R"), "S": _CIP.code("S")}
 _BOND_CODE = {
     Chem.BondType.SINGLE: 1,
@@ -108,75 +142,52 @@ _BOND_CODE = {
 }
 
 
-def _in_range(values: np.ndarray, low: int, high: int, other: int) -> np.ndarray:
-    """Codes for integer categories low..high (value - low + 1), `other` outside the range."""
-    return np.where((values >= low) & (values <= high), values - low + 1, other)
-
-
-def _cip_code(atom: Chem.Atom) -> int:
-    if not atom.HasProp("_CIPCode"):
-        return _CIP.code("none")
-    return _CIP_CODE.get(atom.GetProp("_CIPCode"), _CIP.other)
-
-
 def atom_feature_matrix(mol: Chem.Mol) -> np.ndarray:
     """(N, NUM_ATOM_FEATURES) uint8 codes for a sanitised molecule, rows in atom-index order."""
-    ring_info = mol.GetRingInfo()
-    none_cip = _CIP.code("none")
+    n_atoms = mol.GetNumAtoms()
+    # GetAtomWithIdx: iterating mol.GetAtoms() goes through a pure-Python sequence wrapper (~3x slower).
+    atoms = list(map(mol.GetAtomWithIdx, range(n_atoms)))
+    atom = Chem.Atom
+    ring_sizes = list(map(mol.GetRingInfo().MinAtomRingSize, range(n_atoms)))
+    chiral_tags = list(map(atom.GetChiralTag, atoms))
     raw = np.array(
         [
-            (
-                atom.GetAtomicNum(),
-                atom.GetDegree(),
-                atom.GetTotalNumHs(True),  # includeNeighbors (positional: Boost kwargs are slow)
-                atom.GetFormalCharge(),
-                atom.GetIsAromatic(),
-                ring_info.MinAtomRingSize(index),
-                _HYBRIDIZATION_CODE.get(atom.GetHybridization(), _HYB.other),
-                _CHIRAL_CODE.get(tag := atom.GetChiralTag(), _CHIRAL.other),
-                _cip_code(atom) if tag else none_cip,  # only stereocentres carry a CIP label
-            )
-            for index, atom in enumerate(mol.GetAtoms())
+            list(map(atom.GetAtomicNum, atoms)),
+            list(map(atom.GetDegree, atoms)),
+            list(map(atom.GetTotalNumHs, atoms, [True] * n_atoms)),  # includeNeighbors=True
+            list(map(atom.GetFormalCharge, atoms)),
+            list(map(atom.GetIsAromatic, atoms)),
+            ring_sizes,
+            ring_sizes,
+            list(map(atom.GetHybridization, atoms)),
+            chiral_tags,
         ],
         dtype=np.int32,
-    ).reshape(-1, 9)
-    z, degree, num_hs, charge, aromatic, ring_size, hybridization, chirality, cip = raw.T
-    spec = ATOM_FEATURE_SPEC
-    ring_code = np.where(ring_size == 0, 1, np.where(ring_size >= 8, 7, ring_size - 1))
-    features = np.stack(
-        [
-            _ELEMENT_LUT[np.clip(z, 0, _MAX_Z)],  # dummy atoms (Z = 0) -> other
-            _in_range(degree, 0, 6, spec[1].other),
-            _in_range(num_hs, 0, 4, spec[2].other),
-            _in_range(charge, -3, 3, spec[3].other),
-            aromatic + 1,
-            (ring_size > 0) + 1,
-            ring_code,
-            np.where(z == 1, _HYB.code("S"), hybridization),  # added H atoms have no hybridisation set
-            chirality,
-            cip,
-        ],
-        axis=1,
-    )
-    return features.astype(np.uint8)
+    ).T.reshape(n_atoms, 9)
+    features = np.empty((n_atoms, NUM_ATOM_FEATURES), dtype=np.uint8)
+    features[:, :9] = _FLAT_LUT[np.clip(raw - _LUT_OFFSET, 0, _LUT_MAX) + _LUT_BASE]
+    features[raw[:, 0] == 1, 7] = _HYBRIDIZATION_S  # hydrogens added by AddHs have no hybridisation set
+    features[:, 9] = _CIP.code("none")
+    for index, tag in enumerate(chiral_tags):
+        if tag and atoms[index].HasProp("_CIPCode"):  # only stereocentres carry a CIP label
+            features[index, 9] = _CIP_CODE.get(atoms[index].GetProp("_CIPCode"), _CIP.other)
+    return features
 
 
 def bond_arrays(mol: Chem.Mol) -> tuple[np.ndarray, np.ndarray]:
     """Bonds as ((E, 2) int16 with i < j, sorted lexicographically; (E,) uint8 BOND_TYPES codes).
 
-    Sorting makes the arrays depend only on the atom order, not on RDKit's bond order (which follows
-    the input SMILES).
+    Sorting makes the arrays depend only on the atom order, not on RDKit's bond order.
     """
-    raw = np.array(
-        [
-            (bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(), _BOND_CODE.get(bond.GetBondType(), BOND_OTHER))
-            for bond in mol.GetBonds()
-        ],
-        dtype=np.int32,
-    ).reshape(-1, 3)
-    pairs = np.sort(raw[:, :2], axis=1)
-    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
-    return pairs[order].astype(np.int16), raw[order, 2].astype(np.uint8)
+    bonds = list(map(mol.GetBondWithIdx, range(mol.GetNumBonds())))
+    bond = Chem.Bond
+    ends = np.array(
+        [list(map(bond.GetBeginAtomIdx, bonds)), list(map(bond.GetEndAtomIdx, bonds))], dtype=np.int32
+    ).reshape(2, -1)
+    codes = np.array([_BOND_CODE.get(t, BOND_OTHER) for t in map(bond.GetBondType, bonds)], dtype=np.uint8)
+    i, j = ends.min(axis=0), ends.max(axis=0)
+    order = np.argsort(i * mol.GetNumAtoms() + j, kind="stable")
+    return np.stack([i[order], j[order]], axis=1).astype(np.int16), codes[order]
 
 
 def topological_distances(mol: Chem.Mol) -> np.ndarray:

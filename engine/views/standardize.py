@@ -10,7 +10,9 @@ molecule *as written*; every step that changes chemistry is one a description ca
    RDKit's own log output is silenced and its message is kept in the error's reason.
    RDKit Mol inputs are copied (never modified), re-sanitised and stripped of explicit hydrogens.
 2. Fragments: the largest organic fragment is kept (LargestFragmentChooser, preferOrganic=True), so
-   salts, solvents and metal counter-ions are dropped ("CC(=O)[O-].[Na+]" -> acetate).
+   salts, solvents and metal counter-ions are dropped ("CC(=O)[O-].[Na+]" -> acetate). Without any
+   carbon-containing fragment the input is kept whole: stripping "N.N.Cl[Pt]Cl" (cisplatin) down
+   to ammonia would silently describe another compound; instead step 4 rejects the Pt.
 3. Charges are kept as written (zwitterions, conjugate acids/bases) unless `neutralize=True`.
 4. Checks, in this order: allowed elements (covalently bound metals and R-group dummies "*" remain
    after step 2 and are rejected), at least one heavy atom, at most `max_atoms` atoms in the view
@@ -113,10 +115,14 @@ def to_mol(mol_or_smiles: MolInput) -> Chem.Mol:
     raise TypeError(f"expected a SMILES string or an RDKit Mol, got {type(mol_or_smiles).__name__}")
 
 
+def _has_carbon(mol: Chem.Mol) -> bool:
+    return any(atom.GetAtomicNum() == 6 for atom in map(mol.GetAtomWithIdx, range(mol.GetNumAtoms())))
+
+
 def check_molecule(mol: Chem.Mol, config: ViewConfig) -> None:
     """Element, heavy-atom and size checks of step 4; raises the matching ViewError."""
     allowed = config.allowed_atomic_numbers
-    atoms = mol.GetAtoms()
+    atoms = list(map(mol.GetAtomWithIdx, range(mol.GetNumAtoms())))  # faster than mol.GetAtoms()
     bad = [a.GetSymbol() for a in atoms if a.GetAtomicNum() not in allowed]
     if bad:
         raise UnsupportedElementError(f"unsupported element(s): {', '.join(dict.fromkeys(bad))}")
@@ -137,7 +143,7 @@ def standardize_tracked(mol_or_smiles: MolInput, config: ViewConfig) -> tuple[Ch
     with rdBase.BlockLogs():
         mol = to_mol(mol_or_smiles)
         source = mol_or_smiles.strip() if isinstance(mol_or_smiles, str) else None
-        if len(Chem.GetMolFrags(mol)) > 1:
+        if len(Chem.GetMolFrags(mol)) > 1 and _has_carbon(mol):
             mol, source = _fragment_chooser().choose(mol), None
         if config.neutralize:
             mol, source = _uncharger().uncharge(mol), None

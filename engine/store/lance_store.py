@@ -1,0 +1,143 @@
+"""Keyed, resumable writes of embedded catalogs into a LanceDB directory.
+
+Why merge-insert on `id`, committed per chunk: Lance commits a write atomically, so a job that
+wrote once at the end would keep nothing when killed. Each chunk is one commit; a re-run reads only
+the `id`/`model_version` columns back (Lance column projection), skips ids already done for its
+model version and merge-inserts the rest, so rows are never duplicated. A row of an older model
+version counts as not done: it is re-embedded and updated in place.
+
+Invariant kept here: an id lives in exactly one of the two tables. Writing an id to one table
+deletes it from the other (rows left there by an older model version, or by a kill between the two
+commits, which `reconcile` repairs on the next start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .schema import ERRORS_SCHEMA
+
+if TYPE_CHECKING:
+    import lancedb
+
+
+def sql_in_list(ids: pa.Array | list[str]) -> str:
+    """`id IN (...)` filter with SQL string quoting (ids may contain quotes)."""
+    values = ids.to_pylist() if isinstance(ids, pa.Array | pa.ChunkedArray) else ids
+    quoted = ",".join("'" + str(v).replace("'", "''") + "'" for v in values)
+    return f"id IN ({quoted})"
+
+
+@dataclass
+class DoneIds:
+    """Ids already done for one model version, and ids held by rows of other versions."""
+
+    done: pa.Array  # embedded or failed with this model version: skipped by the job
+    embedded_other: pa.Array  # in the embeddings table under another model version
+    failed_other: pa.Array  # in the errors table under another model version
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+
+def _ids_by_version(table: lancedb.table.Table, model_version: str) -> tuple[pa.Array, pa.Array]:
+    data = table.to_lance().to_table(columns=["id", "model_version"])
+    same = pc.equal(data["model_version"], model_version)
+    ids = data["id"].combine_chunks() if data.num_rows else pa.array([], pa.string())
+    if not data.num_rows:
+        return ids, ids
+    return ids.filter(same.combine_chunks()), ids.filter(pc.invert(same).combine_chunks())
+
+
+class CatalogStore:
+    """The embeddings table and its errors table (`<name>_errors`) in one LanceDB directory."""
+
+    def __init__(self, embeddings: lancedb.table.Table, errors: lancedb.table.Table):
+        self.embeddings = embeddings
+        self.errors = errors
+        self._embedded_other = pa.array([], pa.string())
+        self._failed_other = pa.array([], pa.string())
+
+    @classmethod
+    def open(
+        cls, db: str | Path, table: str, schema: pa.Schema, errors_table: str | None = None
+    ) -> CatalogStore:
+        """Open (creating if missing) both tables; fails if an existing table has another schema."""
+        import lancedb  # imported late: Ray forks workers, and lancedb's runtime is not fork-safe
+
+        connection = lancedb.connect(str(db))
+        opened = []
+        for name, expected in ((table, schema), (errors_table or f"{table}_errors", ERRORS_SCHEMA)):
+            try:
+                handle = connection.open_table(name)
+            except ValueError:  # "Table ... was not found"
+                opened.append(connection.create_table(name, schema=expected))
+                continue
+            got = handle.schema
+            mismatched = [
+                f.name for f in expected if got.get_field_index(f.name) < 0 or got.field(f.name).type != f.type
+            ]
+            if mismatched:
+                raise ValueError(
+                    f"table {name!r} in {db} has another schema (columns {mismatched} differ: "
+                    "another embedding size or token dtype?); write to a new --table"
+                )
+            opened.append(handle)
+        embeddings, errors = opened
+        return cls(embeddings, errors)
+
+    def done_ids(self, model_version: str) -> DoneIds:
+        embedded, embedded_other = _ids_by_version(self.embeddings, model_version)
+        failed, failed_other = _ids_by_version(self.errors, model_version)
+        self._embedded_other, self._failed_other = embedded_other, failed_other
+        done = pa.concat_arrays([embedded, failed]).unique()
+        return DoneIds(done, embedded_other, failed_other)
+
+    def reconcile(self, model_version: str) -> DoneIds:
+        """Repair ids found in both tables (a kill between the two commits of one chunk): the row
+        of the current model version wins. Returns the done ids after the repair."""
+        state = self.done_ids(model_version)
+        embedded, _ = _ids_by_version(self.embeddings, model_version)
+        failed, _ = _ids_by_version(self.errors, model_version)
+        stale_errors = embedded.filter(pc.is_in(embedded, value_set=state.failed_other))
+        stale_embedded = failed.filter(pc.is_in(failed, value_set=state.embedded_other))
+        if len(stale_errors):
+            self.errors.delete(sql_in_list(stale_errors))
+        if len(stale_embedded):
+            self.embeddings.delete(sql_in_list(stale_embedded))
+        if len(stale_errors) or len(stale_embedded):
+            state = self.done_ids(model_version)
+        return state
+
+    def write(self, embedded: pa.Table | None, failed: pa.Table | None) -> None:
+        """Merge-insert one chunk (ids must be unique within it): one commit per non-empty table."""
+        for rows, target, other, other_ids in (
+            (embedded, self.embeddings, self.errors, self._failed_other),
+            (failed, self.errors, self.embeddings, self._embedded_other),
+        ):
+            if rows is None or rows.num_rows == 0:
+                continue
+            (
+                target.merge_insert("id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(rows.cast(target.schema))
+            )
+            if len(other_ids):
+                moved = rows["id"].combine_chunks()
+                moved = moved.filter(pc.is_in(moved, value_set=other_ids))
+                if len(moved):
+                    other.delete(sql_in_list(moved))
+
+    def counts(self) -> tuple[int, int]:
+        return self.embeddings.count_rows(), self.errors.count_rows()
+
+    def optimize(self) -> None:
+        """Compact the many small per-chunk fragments and drop old versions."""
+        for table in (self.embeddings, self.errors):
+            table.optimize()

@@ -1,0 +1,91 @@
+"""The two training stages as ``TrainingTask``s, and loading of prepared splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mvclam.engine.models import MVCLAM, load_config
+from mvclam.engine.training.loop import PairData, TrainConfig, TrainingTask
+from mvclam.engine.views import MoleculeViews, collate_views
+
+
+def _device() -> torch.device:
+    try:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    except Exception:  # outside Ray Train
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if hasattr(module, "module") else module  # DDP keeps the model in .module
+
+
+class Stage1Task:
+    """MQ-Former alignment: token-level contrastive + matching (hard negatives) + captioning losses."""
+
+    def __init__(self, model: MVCLAM):
+        self.module = model.to(_device())
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def losses(
+        self, module: nn.Module, views: list[MoleculeViews], descriptions: list[str], group_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        model: MVCLAM = _unwrap(module)
+        device = next(model.parameters()).device
+        batch = collate_views(views).to(device)
+        text_ids, text_mask = model.tokenize(descriptions)
+        out = module(batch, text_ids, text_mask, group_ids.to(device))
+        result = {
+            "loss": out.loss,
+            "contrastive": out.contrastive,
+            "matching": out.matching,
+            "captioning": out.captioning,
+        }
+        if not module.training:
+            # In-batch molecule→text top-1 accuracy: a cheap validation signal between full evaluations.
+            with torch.no_grad():
+                tokens = model.embed_molecules(batch).tokens
+                texts = model.embed_text_ids(text_ids, text_mask)
+                predicted = model.score(texts, tokens).t().argmax(dim=1).cpu()
+                correct = group_ids[predicted] == group_ids
+                result["retrieval_accuracy"] = correct.float().mean()
+        return result
+
+    def save(self, directory: Path, dtype: torch.dtype) -> None:
+        self.module.save_pretrained(directory, weights_dtype=dtype)
+
+    def load_weights(self, directory: Path) -> None:
+        loaded = MVCLAM.from_pretrained(directory)
+        self.module.load_state_dict(loaded.state_dict())
+        self.module.model_version = loaded.model_version
+
+
+def build_model(config: TrainConfig) -> MVCLAM:
+    if config.init_from:
+        return MVCLAM.from_pretrained(config.init_from)
+    return MVCLAM(load_config(config.model_config, config.model_overrides))
+
+
+def build_task(config: TrainConfig) -> TrainingTask:
+    if config.stage == "stage1":
+        return Stage1Task(build_model(config))
+    if config.stage == "stage2":
+        from mvclam.engine.captioning.training import Stage2Task  # the captioning package owns stage 2
+
+        if not config.init_from:
+            raise ValueError("stage2 needs init_from: the stage-1 checkpoint whose query outputs it captions")
+        return Stage2Task.from_checkpoint(config.init_from, device=_device())
+    raise ValueError(f"unknown stage '{config.stage}'; expected stage1 or stage2")
+
+
+def load_split(data_dir: str | Path, split: str, kind: str) -> PairData:
+    from mvclam.engine.data import PairDataset
+
+    return PairDataset.load(Path(data_dir), split, kind=kind)

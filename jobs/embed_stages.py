@@ -1,0 +1,204 @@
+"""The two compute stages of the embedding job, as Ray Data batch functions over Arrow tables.
+
+Stage rows keep input order and carry a `status`: "ok" (views computed, then embedded), "failed"
+(error_code/error_reason set) or "skipped" (id already done for this model version: only the id and
+provenance travel on, so the summary can count it). `_views_s`/`_encode_s` are the seconds a stage
+spent per row (batch time / rows) and `_views_node`/`_encode_node` the Ray node that ran it; the
+writer sums them into per-stage throughput and drops them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from rdkit import Chem, rdBase
+from rdkit.Chem import Crippen, Descriptors, rdMolDescriptors
+
+from mvclam.engine.store import PROPERTY_FIELDS, TOKEN_DTYPES, multivector_array, vector_array
+from mvclam.engine.views import VIEW_SCHEMA, ViewConfig, compute_views_batch, views_to_arrow
+
+STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
+READ_ERROR = "read_error"
+ENCODER_ERROR = "encoder_failed"
+VIEW_FIELDS: tuple[pa.Field, ...] = tuple(VIEW_SCHEMA)
+
+
+def _node_id() -> str:
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+def molecule_properties(smiles: str) -> tuple[float, float, int, int, float, int, int]:
+    """(MW, logP, HBD, HBA, TPSA, rotatable bonds, heavy atoms) of a canonical SMILES."""
+    mol = Chem.MolFromSmiles(smiles)
+    return (
+        Descriptors.MolWt(mol),
+        Crippen.MolLogP(mol),
+        rdMolDescriptors.CalcNumHBD(mol),
+        rdMolDescriptors.CalcNumHBA(mol),
+        rdMolDescriptors.CalcTPSA(mol),
+        rdMolDescriptors.CalcNumRotatableBonds(mol),
+        mol.GetNumHeavyAtoms(),
+    )
+
+
+_DONE_CACHE: dict[Any, pa.Array] = {}
+
+
+def _done_ids(done: pa.Array | ray.ObjectRef | None) -> pa.Array | None:
+    # Fetched once per worker process: the array is immutable for the whole run.
+    if isinstance(done, ray.ObjectRef):
+        if done not in _DONE_CACHE:
+            _DONE_CACHE.clear()
+            _DONE_CACHE[done] = ray.get(done)
+        return _DONE_CACHE[done]
+    return done
+
+
+def compute_view_rows(
+    batch: pa.Table, done: pa.Array | ray.ObjectRef | None, view_config: dict[str, Any]
+) -> pa.Table:
+    """READ_SCHEMA rows -> stage rows with views and properties (one output row per input row)."""
+    start = time.perf_counter()
+    done_ids = _done_ids(done)
+    n = batch.num_rows
+    skipped = (
+        pc.is_in(batch["id"], value_set=done_ids).to_numpy(zero_copy_only=False)
+        if done_ids is not None and len(done_ids)
+        else np.zeros(n, dtype=bool)
+    )
+    read_errors = batch["read_error"].to_pylist()
+    inputs = batch["input"].to_pylist()
+    todo = [i for i in range(n) if not skipped[i] and read_errors[i] is None]
+    with rdBase.BlockLogs():
+        results = compute_views_batch([inputs[i] for i in todo], ViewConfig.from_dict(view_config))
+
+    status = np.where(skipped, STATUS_SKIPPED, STATUS_FAILED).astype(object)
+    codes: list[str | None] = [
+        READ_ERROR if e is not None and not s else None for e, s in zip(read_errors, skipped, strict=True)
+    ]
+    reasons: list[str | None] = [e if c else None for e, c in zip(read_errors, codes, strict=True)]
+    good_rows, good_views, properties = [], [], []
+    for row, result in zip(todo, results, strict=True):
+        if result.ok:
+            status[row] = STATUS_OK
+            good_rows.append(row)
+            good_views.append(result.views)
+            properties.append(molecule_properties(result.views.canonical_smiles))
+        else:
+            codes[row], reasons[row] = result.error.code.value, result.error.reason
+
+    # Scatter the ok rows' columns back into input order: take() with null indices gives null rows.
+    position = np.full(n, -1, dtype=np.int64)
+    position[good_rows] = np.arange(len(good_rows))
+    take = pa.array(position, mask=position < 0)
+    views = views_to_arrow(good_views)
+    columns: dict[str, pa.Array] = {name: batch[name] for name in ("id", "input", "source", "source_row")}
+    columns["status"] = pa.array(status.tolist(), pa.string())
+    columns["error_code"] = pa.array(codes, pa.string())
+    columns["error_reason"] = pa.array(reasons, pa.string())
+    for field in VIEW_FIELDS:
+        columns[field.name] = views[field.name].take(take)
+    prop_values = list(zip(*properties, strict=True)) if properties else [()] * len(PROPERTY_FIELDS)
+    for field, values in zip(PROPERTY_FIELDS, prop_values, strict=True):
+        columns[field.name] = pa.array(values, field.type).take(take)
+    seconds = time.perf_counter() - start
+    columns["_views_s"] = pa.array(np.full(n, seconds / max(n, 1)))
+    columns["_views_node"] = pa.array([_node_id()] * n, pa.string())
+    return pa.table(columns)
+
+
+def checkpoint_blob(directory: str | Path) -> dict[str, bytes]:
+    """A checkpoint directory as {relative path: bytes}: shipped through the object store so that
+    actors on other nodes load the identical model without a shared filesystem."""
+    root = Path(directory)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class EncoderActor:
+    """Callable class for `map_batches(compute=ActorPoolStrategy(...))`: loads the model once per actor."""
+
+    def __init__(
+        self,
+        checkpoint: dict[str, bytes] | ray.ObjectRef,
+        token_dtype: str = "float32",
+        batch_size: int = 64,
+        num_threads: int = 1,
+    ):
+        import torch
+
+        from mvclam.engine.embedder import MoleculeEmbedder, default_device
+        from mvclam.engine.models.mvclam import MVCLAM
+
+        torch.set_num_threads(max(1, num_threads))  # one actor = its Ray CPUs, not every core
+        blob = ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
+        with tempfile.TemporaryDirectory(prefix="mvclam-ckpt-") as tmp:
+            for name, data in blob.items():
+                target = Path(tmp, name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            model = MVCLAM.from_pretrained(tmp).to(default_device()).eval()
+        self.model = model
+        self.value_type = TOKEN_DTYPES[token_dtype]
+        self.numpy_dtype = np.float16 if token_dtype == "float16" else np.float32
+        torch_dtype = torch.float16 if token_dtype == "float16" else torch.float32
+        self.embedder = MoleculeEmbedder(model, batch_size=batch_size, token_dtype=torch_dtype)
+        self.node = _node_id()
+        self.pid = os.getpid()
+
+    def _embed(self, views: list) -> tuple[np.ndarray, np.ndarray]:
+        out = self.embedder.embed_views(views)
+        return out.tokens.numpy(), out.pooled.numpy()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from mvclam.engine.views import views_from_arrow
+
+        start = time.perf_counter()
+        n = batch.num_rows
+        config = self.model.config
+        ok_rows = np.flatnonzero(pc.equal(batch["status"], STATUS_OK).to_numpy(zero_copy_only=False))
+        status = batch["status"].to_pylist()
+        codes, reasons = batch["error_code"].to_pylist(), batch["error_reason"].to_pylist()
+        tokens = np.zeros((len(ok_rows), config.num_molecule_tokens, config.embedding_dim), np.float32)
+        pooled = np.zeros((len(ok_rows), config.embedding_dim), np.float32)
+        embedded = np.ones(len(ok_rows), dtype=bool)
+        if len(ok_rows):
+            views = views_from_arrow(batch.take(pa.array(ok_rows)).select([f.name for f in VIEW_FIELDS]))
+            try:
+                tokens, pooled = self._embed(views)
+            except Exception:
+                # Isolate the molecule that breaks the batch; the others are still embedded.
+                for j, view in enumerate(views):
+                    try:
+                        t, p = self._embed([view])
+                        tokens[j], pooled[j] = t[0], p[0]
+                    except Exception as exc:
+                        embedded[j] = False
+                        row = int(ok_rows[j])
+                        status[row], codes[row] = STATUS_FAILED, ENCODER_ERROR
+                        reasons[row] = f"{type(exc).__name__}: {exc}"[:500]
+        position = np.full(n, -1, dtype=np.int64)
+        position[ok_rows[embedded]] = np.arange(int(embedded.sum()))
+        take = pa.array(position, mask=position < 0)
+        out = batch.drop_columns(["status", "error_code", "error_reason"])
+        out = out.append_column("status", pa.array(status, pa.string()))
+        out = out.append_column("error_code", pa.array(codes, pa.string()))
+        out = out.append_column("error_reason", pa.array(reasons, pa.string()))
+        out = out.append_column(
+            "tokens", multivector_array(tokens[embedded].astype(self.numpy_dtype), self.value_type).take(take)
+        )
+        out = out.append_column(
+            "pooled", vector_array(pooled[embedded].astype(self.numpy_dtype), self.value_type).take(take)
+        )
+        out = out.append_column("model_name", pa.array([config.name] * n, pa.string()))
+        out = out.append_column("model_version", pa.array([self.model.model_version] * n, pa.string()))
+        seconds = time.perf_counter() - start
+        out = out.append_column("_encode_s", pa.array(np.full(n, seconds / max(n, 1))))
+        return out.append_column("_encode_node", pa.array([self.node] * n, pa.string()))

@@ -1,0 +1,78 @@
+"""``mvclam train stage1|stage2``: one process by default, Ray Train's TorchTrainer for ``--workers N``.
+
+The same ``train_loop`` runs in both cases; Ray only launches it on every worker. Killing a run
+and starting the same command again resumes from ``OUTPUT/checkpoints/last``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mvclam.engine.training import TrainConfig, TrainingResult, train_loop
+from mvclam.engine.models.config import apply_overrides, config_path
+
+
+def load_train_config(stage: str, config: str | None, overrides: list[str]) -> TrainConfig:
+    """Start from configs/train_<stage>.yaml (or --config FILE), then apply key=value overrides."""
+    with open(config_path(config or f"train_{stage}")) as handle:
+        data: dict[str, Any] = yaml.safe_load(handle) or {}
+    data["stage"] = stage
+    return TrainConfig.from_dict(apply_overrides(data, overrides))
+
+
+def run_training(config: TrainConfig) -> TrainingResult | None:
+    if config.num_workers <= 1 and not config.ray_address:
+        return train_loop(asdict(config))
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    ray.init(address=config.ray_address or os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
+    output = Path(config.output_dir).resolve()
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=asdict(config),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
+        # Same name + storage path on a re-run lets Ray Train resume the run's latest checkpoint.
+        run_config=RunConfig(name=f"mvclam-{config.stage}", storage_path=str(output / "ray")),
+    )
+    trainer.fit()
+    return None
+
+
+def add_train_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train stage 1 (alignment) or stage 2 (captioning LLM)")
+    parser.add_argument("stage", choices=["stage1", "stage2"])
+    parser.add_argument("--config", default=None, help="training YAML (default: configs/train_<stage>.yaml)")
+    parser.add_argument("--data", dest="data_dir", default=None, help="directory written by `mvclam prepare`")
+    parser.add_argument("--out", dest="output_dir", default=None, help="run directory (checkpoints, metrics)")
+    parser.add_argument("--init-from", default=None, help="checkpoint to start from")
+    parser.add_argument("--workers", dest="num_workers", type=int, default=None, help=">1: Ray Train workers")
+    parser.add_argument("--gpu", dest="use_gpu", action="store_true", default=None)
+    parser.add_argument("--address", dest="ray_address", default=None, help="Ray cluster address")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a training config value, e.g. --set epochs=3 (model: --set model_overrides=[...])",
+    )
+    parser.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    config = load_train_config(args.stage, args.config, args.overrides)
+    for name in ("data_dir", "output_dir", "init_from", "num_workers", "use_gpu", "ray_address"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(config, name, value)
+    result = run_training(config)
+    if result is not None:
+        state = result.state
+        where = result.final_checkpoint or result.output_dir / "checkpoints" / "last"
+        status = "stopped at the time limit" if result.stopped_early else "finished"
+        print(f"{config.stage} {status}: step {state.step}, {state.elapsed_seconds / 60:.1f} min; checkpoint {where}")
+    return 0

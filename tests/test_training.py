@@ -1,0 +1,166 @@
+"""Training loop: runs, logs, plots, and resumes exactly where it stopped."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mvclam.engine.models import MVCLAM
+from mvclam.engine.training import TrainConfig, train_loop
+from mvclam.engine.training.loop import epoch_batches
+from mvclam.engine.training.state import replace_directory
+from mvclam.engine.training.tasks import Stage1Task
+from mvclam.engine.views import MoleculeViews, compute_views
+from test_models import tiny_config
+
+SMILES = [
+    "CC(=O)Oc1ccccc1C(=O)O",
+    "Cn1c(=O)c2c(ncn2C)n(C)c1=O",
+    "CC(C)Cc1ccc(cc1)C(C)C(=O)O",
+    "c1ccccc1",
+    "CCO",
+    "CC(=O)O",
+    "C1CCCCC1",
+    "c1ccncc1",
+]
+DESCRIPTIONS = [
+    "an aromatic acetate ester used as an analgesic",
+    "a purine alkaloid stimulant",
+    "a propionic acid anti-inflammatory drug",
+    "the simplest aromatic hydrocarbon",
+    "a primary alcohol",
+    "a short-chain carboxylic acid",
+    "a saturated carbocycle",
+    "an aromatic nitrogen heterocycle",
+]
+
+
+@dataclass
+class ToyPairs:
+    views: list[MoleculeViews]
+    descriptions: list[str]
+    group_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+
+def toy_pairs() -> tuple[ToyPairs, ToyPairs]:
+    views = [compute_views(s) for s in SMILES]
+    train = ToyPairs(views, DESCRIPTIONS, np.arange(len(views)))
+    return train, ToyPairs(views[:4], DESCRIPTIONS[:4], np.arange(4))
+
+
+@pytest.fixture(scope="module")
+def toy_data() -> tuple[ToyPairs, ToyPairs]:
+    return toy_pairs()
+
+
+def make_task() -> Stage1Task:
+    torch.manual_seed(0)
+    return Stage1Task(MVCLAM(tiny_config()))
+
+
+def config(out: Path, **changes) -> dict:
+    base = TrainConfig(
+        output_dir=str(out), batch_size=4, epochs=3, warmup_steps=2, learning_rate=1e-3,
+        log_every=1, eval_every=3, eval_batches=1, checkpoint_every=3, seed=5,
+    )
+    return asdict(base) | changes
+
+
+def test_epoch_batches_shard_one_shuffle_across_workers():
+    whole = epoch_batches(10, 2, seed=1, epoch=0, rank=0, world=1)
+    assert sorted(np.concatenate(whole).tolist()) == list(range(10))
+    shards = [epoch_batches(10, 2, seed=1, epoch=0, rank=r, world=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 2  # 5 batches: the odd one is dropped so workers stay in step
+    assert not set(np.concatenate(shards[0])) & set(np.concatenate(shards[1]))
+    assert epoch_batches(10, 2, 1, 1, 0, 1)[0].tolist() != whole[0].tolist()  # reshuffled each epoch
+
+
+def test_training_runs_logs_and_plots(tmp_path, toy_data):
+    result = train_loop(config(tmp_path), task=make_task(), data=toy_data)
+    assert result.state.step == 6 and result.final_checkpoint is not None
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    train_rows = [r for r in rows if r["split"] == "train"]
+    validation_rows = [r for r in rows if r["split"] == "validation"]
+    assert [int(r["step"]) for r in train_rows] == list(range(1, 7))
+    assert [int(r["step"]) for r in validation_rows] == [3, 6]
+    assert all(0.0 <= float(r["retrieval_accuracy"]) <= 1.0 for r in validation_rows)
+    assert (tmp_path / "curves.png").stat().st_size > 5000
+    loaded = MVCLAM.from_pretrained(result.final_checkpoint)
+    assert loaded.model_version != "untrained"
+
+
+KILL_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from test_training import config, make_task, toy_pairs
+from mvclam.engine.training import train_loop
+train_loop(config({out!r}, epochs=20, checkpoint_every=1), task=make_task(), data=toy_pairs())
+"""
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path):
+    """SIGKILL a training process part-way, run it again: same weights as an uninterrupted run."""
+    torch.set_num_threads(1)
+    interrupted = tmp_path / "interrupted"
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), out=str(interrupted))
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state_file = interrupted / "checkpoints" / "last" / "trainer_state.json"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if state_file.exists() and json.loads(state_file.read_text())["trainer"]["step"] >= 3:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    finally:
+        process.kill()
+        process.wait()
+    killed_at = json.loads(state_file.read_text())["trainer"]["step"]
+    assert 3 <= killed_at < 40
+
+    resumed = train_loop(config(interrupted, epochs=20, checkpoint_every=1), task=make_task(), data=toy_pairs())
+    straight = train_loop(config(tmp_path / "straight", epochs=20), task=make_task(), data=toy_pairs())
+    assert resumed.state.step == straight.state.step == 40
+    a = MVCLAM.from_pretrained(straight.final_checkpoint).state_dict()
+    b = MVCLAM.from_pretrained(resumed.final_checkpoint).state_dict()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    steps = [int(r["step"]) for r in csv.DictReader((interrupted / "metrics.csv").open()) if r["split"] == "train"]
+    assert steps == list(range(1, 41))  # no duplicated or missing rows after resuming
+
+
+def test_time_limit_stops_with_a_checkpoint(tmp_path, toy_data):
+    result = train_loop(config(tmp_path, time_limit_minutes=0.0), task=make_task(), data=toy_data)
+    assert result.stopped_early and result.state.step == 1 and result.final_checkpoint is None
+    assert (tmp_path / "checkpoints" / "last" / "optimizer.safetensors").is_file()
+
+
+def test_replace_directory_keeps_the_old_checkpoint_until_the_new_one_is_complete(tmp_path):
+    final = tmp_path / "last"
+    final.mkdir()
+    (final / "marker").write_text("old")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "marker").write_text("new")
+    replace_directory(staging, final)
+    assert (final / "marker").read_text() == "new" and not staging.exists()
+    assert not (tmp_path / "last.old").exists()
+
+
+def test_too_little_data_is_a_clear_error(tmp_path, toy_data):
+    train, validation = toy_data
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train_loop(config(tmp_path, batch_size=64), task=make_task(), data=(train, validation))
