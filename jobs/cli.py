@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(views)
     views.set_defaults(handler=_cmd_views)
 
+    from mvclam.jobs.caption import add_caption_subcommand
+    from mvclam.jobs.embed_cli import add_embed_subcommand
+    from mvclam.jobs.train import add_train_subcommand
+
+    add_embed_subcommand(sub)
+    add_train_subcommand(sub)
+    add_caption_subcommand(sub)
+
     demo = sub.add_parser("demo", help="embed a few molecules and texts end to end and rank them by MaxSim")
     _add_model_arguments(demo)
     demo.set_defaults(handler=_cmd_demo)

@@ -21,7 +21,10 @@ DEFAULT_WEAK_FILE = "lpm24/train_props.txt.gz"
 def default_data_dir() -> Path:
     if os.environ.get("MVCLAM_DATA_DIR"):
         return Path(os.environ["MVCLAM_DATA_DIR"])
-    candidates = [Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"]
+    candidates = [
+        Path.cwd() / ".." / "shared" / "data",
+        Path(__file__).resolve().parents[1] / ".." / "shared" / "data",
+    ]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate.resolve()
@@ -52,7 +55,11 @@ def run_prepare(args: argparse.Namespace) -> int:
         entry = prepare_weak_labels(
             weak_file, out, limit=limit, seed=args.seed, workers=args.workers, config=config
         )
-        print(json.dumps({k: entry[k] for k in ("rows_written", "excluded_held_out_molecules", "errors_by_code")}))
+        print(
+            json.dumps(
+                {k: entry[k] for k in ("rows_written", "excluded_held_out_molecules", "errors_by_code")}
+            )
+        )
     return 0
 
 
@@ -61,13 +68,19 @@ def add_prepare_subcommand(subparsers: argparse._SubParsersAction) -> argparse.A
         "prepare", help="compute and cache the views of the pair files (and weak labels) as Parquet"
     )
     parser.add_argument("--out", required=True, help="output directory (pairs.parquet, errors.parquet, ...)")
-    parser.add_argument("--pairs", nargs="+", default=None, help="pair TSV files (default: <data-dir>/pairs/*.tsv)")
+    parser.add_argument(
+        "--pairs", nargs="+", default=None, help="pair TSV files (default: <data-dir>/pairs/*.tsv)"
+    )
     parser.add_argument("--data-dir", default=None, help="shared data directory (default: ../shared/data)")
     parser.add_argument(
         "--weak-limit", type=int, default=0, help="weak-label rows to prepare (0: none, -1: all eligible)"
     )
-    parser.add_argument("--weak-file", default=None, help=f"weak-label file (default: <data-dir>/{DEFAULT_WEAK_FILE})")
-    parser.add_argument("--skip-pairs", action="store_true", help="only weak labels (pairs.parquet must exist)")
+    parser.add_argument(
+        "--weak-file", default=None, help=f"weak-label file (default: <data-dir>/{DEFAULT_WEAK_FILE})"
+    )
+    parser.add_argument(
+        "--skip-pairs", action="store_true", help="only weak labels (pairs.parquet must exist)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="weak-label sampling and templating seed")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--config", default="small", help="model config whose `views` section is used")

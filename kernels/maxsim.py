@@ -47,19 +47,23 @@ def _auto_chunk(t: int, q: int, chunk_size: int | None) -> int:
 
 
 def _maxsim_chunk(
-    qf: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores/arg-max of float32 queries ``qf`` (T, D) against one chunk of molecules."""
+    qf: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor | None, want_argmax: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scores (T, c) / arg-max (T, c) of float32 queries ``qf`` (T, D) against one chunk of molecules.
+
+    The similarity block is laid out (c, Q, T): the tall-skinny ``tokens @ queries^T`` product is
+    the faster orientation for BLAS, and the reduction runs over the middle axis.
+    """
     m, q, d = tokens.shape
-    sim = (qf @ tokens.reshape(m * q, d).float().T).view(qf.shape[0], m, q)
+    sim = (tokens.reshape(m * q, d).float() @ qf.T).view(m, q, qf.shape[0])
     if token_mask is not None:
-        sim = sim.masked_fill(~token_mask.unsqueeze(0), float("-inf"))
-    scores, best = sim.max(dim=2)
+        sim = sim.masked_fill(~token_mask.unsqueeze(2), float("-inf"))
+    if not want_argmax:
+        return sim.amax(dim=1).T, None
+    scores, best = sim.max(dim=1)
     if token_mask is not None:
-        best = best.masked_fill(~token_mask.any(dim=1).unsqueeze(0), -1)
-    elif q == 0:
-        best = torch.full_like(best, -1)
-    return scores, best
+        best = best.masked_fill(~token_mask.any(dim=1).unsqueeze(1), -1)
+    return scores.T, best.T
 
 
 def maxsim_reference(
@@ -88,15 +92,30 @@ def maxsim_reference(
             torch.full((t, m), float("-inf"), device=queries.device),
             torch.full((t, m), -1, dtype=torch.int64, device=queries.device),
         )
+    scores, best = _maxsim_chunked(queries, tokens, token_mask, chunk_size, want_argmax=True)
+    assert best is not None
+    return scores, best
+
+
+def _maxsim_chunked(
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    token_mask: torch.Tensor | None,
+    chunk_size: int | None,
+    *,
+    want_argmax: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    t, m, q = queries.shape[0], tokens.shape[0], tokens.shape[1]
     chunk = _auto_chunk(t, q, chunk_size)
     qf = queries.float()
     scores = torch.empty((t, m), dtype=torch.float32, device=queries.device)
-    best = torch.empty((t, m), dtype=torch.int64, device=queries.device)
+    best = torch.empty((t, m), dtype=torch.int64, device=queries.device) if want_argmax else None
     for s in range(0, m, chunk):
         e = min(m, s + chunk)
-        sc, bt = _maxsim_chunk(qf, tokens[s:e], None if token_mask is None else token_mask[s:e])
+        sc, bt = _maxsim_chunk(qf, tokens[s:e], None if token_mask is None else token_mask[s:e], want_argmax)
         scores[:, s:e] = sc
-        best[:, s:e] = bt
+        if best is not None:
+            best[:, s:e] = bt
     return scores, best
 
 
@@ -175,8 +194,10 @@ def maxsim(
         from .triton_maxsim import maxsim_triton
 
         scores, best = maxsim_triton(queries, tokens, token_mask, return_argmax=return_argmax)
-    else:
+    elif tokens.shape[1] == 0 or return_argmax:
         scores, best = maxsim_reference(queries, tokens, token_mask)
+    else:  # same reference arithmetic, without the arg-max bookkeeping
+        scores, best = _maxsim_chunked(queries, tokens, token_mask, None, want_argmax=False)
     return (scores, best) if return_argmax else scores
 
 

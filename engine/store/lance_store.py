@@ -80,7 +80,9 @@ class CatalogStore:
                 continue
             got = handle.schema
             mismatched = [
-                f.name for f in expected if got.get_field_index(f.name) < 0 or got.field(f.name).type != f.type
+                f.name
+                for f in expected
+                if got.get_field_index(f.name) < 0 or got.field(f.name).type != f.type
             ]
             if mismatched:
                 raise ValueError(

