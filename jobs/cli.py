@@ -87,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from mvclam.jobs.caption import add_caption_subcommand
     from mvclam.jobs.embed_cli import add_embed_subcommand
+    from mvclam.jobs.evaluate import add_evaluate_subcommand
+    from mvclam.jobs.prepare_data import add_prepare_subcommand
     from mvclam.jobs.train import add_train_subcommand
 
     add_embed_subcommand(sub)
+    add_prepare_subcommand(sub)
     add_train_subcommand(sub)
+    add_evaluate_subcommand(sub)
     add_caption_subcommand(sub)
 
     demo = sub.add_parser("demo", help="embed a few molecules and texts end to end and rank them by MaxSim")

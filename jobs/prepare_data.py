@@ -53,7 +53,13 @@ def run_prepare(args: argparse.Namespace) -> int:
         weak_file = Path(args.weak_file) if args.weak_file else data_dir / DEFAULT_WEAK_FILE
         limit = None if args.weak_limit < 0 else args.weak_limit
         entry = prepare_weak_labels(
-            weak_file, out, limit=limit, seed=args.seed, workers=args.workers, config=config
+            weak_file,
+            out,
+            limit=limit,
+            seed=args.seed,
+            workers=args.workers,
+            config=config,
+            max_atoms=args.weak_max_atoms or None,
         )
         print(
             json.dumps(
@@ -90,13 +96,15 @@ def add_prepare_subcommand(subparsers: argparse._SubParsersAction) -> argparse.A
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m mvclam.jobs.prepare_data [prepare] --out DIR ...` (until jobs/cli.py registers it)."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="mvclam")
     add_prepare_subcommand(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["prepare", *(argv or [])] if argv is None or argv[:1] != ["prepare"] else argv)
+    args = parser.parse_args(argv if argv[:1] == ["prepare"] else ["prepare", *argv])
     return int(args.handler(args))
 
 
 if __name__ == "__main__":
-    import sys
-
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

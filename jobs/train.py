@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from mvclam.engine.training import TrainConfig, TrainingResult, train_loop
 from mvclam.engine.models.config import apply_overrides, config_path
+from mvclam.engine.training import TrainConfig, TrainingResult, train_loop
 
 
 def load_train_config(stage: str, config: str | None, overrides: list[str]) -> TrainConfig:
@@ -57,7 +57,11 @@ def add_train_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gpu", dest="use_gpu", action="store_true", default=None)
     parser.add_argument("--address", dest="ray_address", default=None, help="Ray cluster address")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a training config value, e.g. --set epochs=3 (model: --set model_overrides=[...])",
     )
     parser.set_defaults(handler=_cmd_train)
@@ -74,5 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         state = result.state
         where = result.final_checkpoint or result.output_dir / "checkpoints" / "last"
         status = "stopped at the time limit" if result.stopped_early else "finished"
-        print(f"{config.stage} {status}: step {state.step}, {state.elapsed_seconds / 60:.1f} min; checkpoint {where}")
+        print(
+            f"{config.stage} {status}: step {state.step}, {state.elapsed_seconds / 60:.1f} min; checkpoint {where}"
+        )
     return 0

@@ -56,3 +56,11 @@ def test_parameter_counts_of_small_and_paper():
     assert small["trainable"] == small["total"] - 30522 * 384  # frozen MiniLM word embeddings
     assert paper["total"] > 3 * small["total"]
     assert paper["trainable"] == paper["total"]
+
+
+def test_scibert_tokenizer_of_the_paper_config_is_complete():
+    from mvclam.engine.models.pretrained import load_tokenizer
+
+    tokenizer = load_tokenizer("scibert")
+    assert len(tokenizer) == 31090
+    assert tokenizer.tokenize("a beta-lactam antibiotic") == ["a", "beta", "-", "lact", "##am", "antibiotic"]

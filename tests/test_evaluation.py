@@ -126,9 +126,10 @@ def test_meteor_known_nltk_value():
     reference = "It is a guide to action that ensures that the military will forever heed Party commands"
     value = meteor_score([reference.split()], hypothesis.split(), wordnet=load_wordnet())
     assert round(value, 4) == 0.6944  # nltk's documented example
-    # WordNet synonyms match (car / automobile share a synset), unrelated words do not.
-    synonym = caption_metrics(["the automobile"], ["the car"])["meteor"]
-    assert synonym > caption_metrics(["the banana"], ["the car"])["meteor"] + 0.2
+    # The WordNet stage matches synonyms (auto / car share a synset; nltk looks up stemmed words).
+    reference = [["the", "car", "is", "red"]]
+    synonym = meteor_score(reference, ["the", "auto", "is", "red"], wordnet=load_wordnet())
+    assert synonym > meteor_score(reference, ["the", "banana", "is", "red"], wordnet=load_wordnet()) + 0.1
 
 
 def test_meteor_is_null_with_a_reason_without_wordnet(monkeypatch):

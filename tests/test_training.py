@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_models import tiny_config
 
 from mvclam.engine.models import MVCLAM
 from mvclam.engine.training import TrainConfig, train_loop
@@ -20,7 +21,6 @@ from mvclam.engine.training.loop import epoch_batches
 from mvclam.engine.training.state import replace_directory
 from mvclam.engine.training.tasks import Stage1Task
 from mvclam.engine.views import MoleculeViews, compute_views
-from test_models import tiny_config
 
 SMILES = [
     "CC(=O)Oc1ccccc1C(=O)O",
@@ -72,8 +72,16 @@ def make_task() -> Stage1Task:
 
 def config(out: Path, **changes) -> dict:
     base = TrainConfig(
-        output_dir=str(out), batch_size=4, epochs=3, warmup_steps=2, learning_rate=1e-3,
-        log_every=1, eval_every=3, eval_batches=1, checkpoint_every=3, seed=5,
+        output_dir=str(out),
+        batch_size=4,
+        epochs=3,
+        warmup_steps=2,
+        learning_rate=1e-3,
+        log_every=1,
+        eval_every=3,
+        eval_batches=1,
+        checkpoint_every=3,
+        seed=5,
     )
     return asdict(base) | changes
 
@@ -116,7 +124,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     torch.set_num_threads(1)
     interrupted = tmp_path / "interrupted"
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), out=str(interrupted))
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     state_file = interrupted / "checkpoints" / "last" / "trainer_state.json"
     deadline = time.monotonic() + 120
     try:
@@ -131,14 +141,18 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     killed_at = json.loads(state_file.read_text())["trainer"]["step"]
     assert 3 <= killed_at < 40
 
-    resumed = train_loop(config(interrupted, epochs=20, checkpoint_every=1), task=make_task(), data=toy_pairs())
+    resumed = train_loop(
+        config(interrupted, epochs=20, checkpoint_every=1), task=make_task(), data=toy_pairs()
+    )
     straight = train_loop(config(tmp_path / "straight", epochs=20), task=make_task(), data=toy_pairs())
     assert resumed.state.step == straight.state.step == 40
     a = MVCLAM.from_pretrained(straight.final_checkpoint).state_dict()
     b = MVCLAM.from_pretrained(resumed.final_checkpoint).state_dict()
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5), name
-    steps = [int(r["step"]) for r in csv.DictReader((interrupted / "metrics.csv").open()) if r["split"] == "train"]
+    steps = [
+        int(r["step"]) for r in csv.DictReader((interrupted / "metrics.csv").open()) if r["split"] == "train"
+    ]
     assert steps == list(range(1, 41))  # no duplicated or missing rows after resuming
 
 

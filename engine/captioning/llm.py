@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

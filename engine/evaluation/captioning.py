@@ -17,7 +17,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from functools import cache
-from pathlib import Path
 
 from mvclam.engine.views import MoleculeViews
 
@@ -30,22 +29,10 @@ _SPECIAL = frozenset({"[PAD]", "[CLS]", "[SEP]"})
 
 @cache
 def _tokenizer():
-    """SciBERT's WordPiece tokenizer, checked to hold the whole vocabulary: with transformers 5,
-    `BertTokenizer(vocab_file=...)` silently ignores the file and every word becomes [UNK]."""
-    from importlib import resources
-
-    from transformers import BertTokenizer
-
+    """SciBERT's WordPiece tokenizer (load_tokenizer checks that it holds the whole vocabulary)."""
     from mvclam.engine.models.pretrained import load_tokenizer
 
-    vocab = Path(str(resources.files("mvclam.configs") / "vocab" / "scibert_scivocab_uncased.txt"))
-    expected = sum(1 for _ in vocab.open(encoding="utf-8"))
-    tokenizer = load_tokenizer("scibert")
-    if len(tokenizer) != expected:
-        tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=True)  # transformers >= 5 keyword
-    if len(tokenizer) != expected:
-        raise RuntimeError(f"SciBERT tokenizer has {len(tokenizer)} tokens, the vocab file {expected}")
-    return tokenizer
+    return load_tokenizer("scibert")
 
 
 def scibert_tokens(text: str) -> list[str]:
@@ -64,7 +51,8 @@ def caption_metrics(predictions: Sequence[str], references: Sequence[str]) -> di
     predicted = [scibert_tokens(p or "") for p in predictions]
     referenced = [[scibert_tokens(r)] for r in references]
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*counts of .-gram overlaps")  # BLEU is 0 then: fine
+        # nltk warns when BLEU is 0 for lack of n-gram overlaps: expected for poor captions.
+        warnings.filterwarnings("ignore", message=r"\s*The hypothesis contains 0 counts")
         out: dict[str, object] = {
             "bleu2": float(corpus_bleu(referenced, predicted, weights=(0.5, 0.5))),
             "bleu4": float(corpus_bleu(referenced, predicted, weights=(0.25, 0.25, 0.25, 0.25))),

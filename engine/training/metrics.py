@@ -75,9 +75,13 @@ def plot_curves(log: MetricsLog, out: Path | None = None) -> Path:
             values = [float(r[part]) if r[part] else float("nan") for r in selected]
             if selected and any(v == v for v in values):
                 loss_axis.plot(steps, values, style, label=f"{split} {part}", markersize=3)
-        accuracy = [(int(r["step"]), float(r["retrieval_accuracy"])) for r in selected if r["retrieval_accuracy"]]
+        accuracy = [
+            (int(r["step"]), float(r["retrieval_accuracy"])) for r in selected if r["retrieval_accuracy"]
+        ]
         if accuracy:
-            accuracy_axis.plot(*zip(*accuracy, strict=True), style, label=f"{split} in-batch accuracy", markersize=3)
+            accuracy_axis.plot(
+                *zip(*accuracy, strict=True), style, label=f"{split} in-batch accuracy", markersize=3
+            )
     loss_axis.set(xlabel="step", ylabel="loss", title="losses")
     accuracy_axis.set(xlabel="step", ylabel="molecule→text top-1 (in batch)", title="retrieval", ylim=(0, 1))
     for axis in (loss_axis, accuracy_axis):

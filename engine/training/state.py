@@ -46,7 +46,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
 
 
-def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if not key.startswith("state."):
@@ -103,7 +105,11 @@ def load_training_state(
 
 
 def has_training_state(directory: Path | None) -> bool:
-    return directory is not None and (directory / STATE_FILE).is_file() and (directory / OPTIMIZER_FILE).is_file()
+    return (
+        directory is not None
+        and (directory / STATE_FILE).is_file()
+        and (directory / OPTIMIZER_FILE).is_file()
+    )
 
 
 def replace_directory(staging: Path, final: Path) -> None:
