@@ -331,6 +331,10 @@ def run_embed(job: EmbedJob) -> EmbedSummary:
             rows_per_block=job.views_batch_size,
         )
         dataset = ray.data.read_datasource(source, num_cpus=0)
+        # A read task merges what it yields up to DataContext.target_max_block_size (128 MiB), so one
+        # file arrives as one block and a single views task would take the whole catalog. Streaming
+        # repartition cuts it into batch-sized blocks that fan out across the views tasks.
+        dataset = dataset.repartition(target_num_rows_per_block=job.views_batch_size)
         dataset = dataset.map_batches(
             compute_view_rows,
             batch_format="pyarrow",

@@ -178,3 +178,29 @@ def test_too_little_data_is_a_clear_error(tmp_path, toy_data):
     train, validation = toy_data
     with pytest.raises(ValueError, match="fewer than one batch"):
         train_loop(config(tmp_path, batch_size=64), task=make_task(), data=(train, validation))
+
+
+def test_stage2_trains_projector_and_lora_and_saves_one_checkpoint(tmp_path, toy_data):
+    from mvclam.engine.captioning.checkpoint import load_captioner, read_captioner_manifest
+    from mvclam.engine.training.tasks import Stage2Task
+
+    stage1 = make_task().module
+    stage1.save_pretrained(tmp_path / "stage1")
+    task = Stage2Task.from_checkpoint(tmp_path / "stage1")
+    frozen = {n: p.detach().clone() for n, p in task.mvclam.named_parameters()}
+    before = {n: p.detach().clone() for n, p in task.module.named_parameters() if p.requires_grad}
+    result = train_loop(
+        config(tmp_path / "stage2", stage="stage2", epochs=1, batch_size=4, eval_every=2, eval_batches=1),
+        task=task,
+        data=toy_data,
+    )
+    assert result.state.step == 2 and result.final_checkpoint is not None
+    changed = [n for n, p in task.module.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert any("projector" in n for n in changed) and any("lora_" in n for n in changed)
+    assert all(torch.equal(p, frozen[n]) for n, p in task.mvclam.named_parameters())  # stage 1 stays frozen
+    assert read_captioner_manifest(result.final_checkpoint)["trained"] is True
+    reloaded = load_captioner(result.final_checkpoint)
+    for name, tensor in reloaded.state_dict().items():
+        if "lora_" in name or name.startswith("projector."):
+            assert torch.equal(tensor, task.module.state_dict()[name]), name
+    assert MVCLAM.from_pretrained(result.final_checkpoint).model_version == stage1.model_version

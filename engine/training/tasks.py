@@ -67,6 +67,59 @@ class Stage1Task:
         self.module.model_version = loaded.model_version
 
 
+class Stage2Task:
+    """Projector + LoRA on the LLM; the stage-1 MV-CLAM is frozen and supplies the soft prompts.
+
+    The saved checkpoint is the stage-1 model plus a ``captioner/`` folder, so one directory serves
+    embedding, search and captioning.
+    """
+
+    def __init__(self, mvclam: MVCLAM, captioner: nn.Module):
+        device = _device()
+        self.mvclam = mvclam.to(device).eval().requires_grad_(False)
+        self.module = captioner.to(device)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path) -> Stage2Task:
+        from mvclam.engine.captioning.checkpoint import has_captioner, load_captioner
+        from mvclam.engine.captioning.model import CaptionerConfig, MoleculeCaptioner
+
+        mvclam = MVCLAM.from_pretrained(checkpoint)
+        if has_captioner(checkpoint):  # continue training a captioner
+            return cls(mvclam, load_captioner(checkpoint).train())
+        return cls(mvclam, MoleculeCaptioner(CaptionerConfig.for_model(mvclam)))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return _unwrap(self.module).trainable_parameters()
+
+    def losses(
+        self, module: nn.Module, views: list[MoleculeViews], descriptions: list[str], group_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        from mvclam.engine.captioning.model import molecule_query_states
+
+        device = next(self.mvclam.parameters()).device
+        with torch.no_grad():
+            query_states = molecule_query_states(self.mvclam, collate_views(views).to(device))
+        loss = module(query_states, descriptions)  # through the (DDP) wrapper so gradients sync
+        return {"loss": loss, "captioning": loss}
+
+    def save(self, directory: Path, dtype: torch.dtype) -> None:
+        from mvclam.engine.captioning.checkpoint import save_captioner
+
+        self.mvclam.save_pretrained(directory, weights_dtype=dtype)
+        captioner = _unwrap(self.module)
+        captioner.trained = True
+        save_captioner(captioner, directory)
+
+    def load_weights(self, directory: Path) -> None:
+        from mvclam.engine.captioning.checkpoint import load_captioner
+
+        captioner = _unwrap(self.module)
+        loaded = load_captioner(directory)
+        captioner.load_state_dict(loaded.state_dict())
+        captioner.train()
+
+
 def build_model(config: TrainConfig) -> MVCLAM:
     if config.init_from:
         return MVCLAM.from_pretrained(config.init_from)
@@ -77,11 +130,9 @@ def build_task(config: TrainConfig) -> TrainingTask:
     if config.stage == "stage1":
         return Stage1Task(build_model(config))
     if config.stage == "stage2":
-        from mvclam.engine.captioning.training import Stage2Task  # the captioning package owns stage 2
-
         if not config.init_from:
             raise ValueError("stage2 needs init_from: the stage-1 checkpoint whose query outputs it captions")
-        return Stage2Task.from_checkpoint(config.init_from, device=_device())
+        return Stage2Task.from_checkpoint(config.init_from)
     raise ValueError(f"unknown stage '{config.stage}'; expected stage1 or stage2")
 
 
