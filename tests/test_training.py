@@ -195,7 +195,9 @@ def test_stage2_trains_projector_and_lora_and_saves_one_checkpoint(tmp_path, toy
         data=toy_data,
     )
     assert result.state.step == 2 and result.final_checkpoint is not None
-    changed = [n for n, p in task.module.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    changed = [
+        n for n, p in task.module.named_parameters() if p.requires_grad and not torch.equal(p, before[n])
+    ]
     assert any("projector" in n for n in changed) and any("lora_" in n for n in changed)
     assert all(torch.equal(p, frozen[n]) for n, p in task.mvclam.named_parameters())  # stage 1 stays frozen
     assert read_captioner_manifest(result.final_checkpoint)["trained"] is True
