@@ -8,19 +8,24 @@ import sys
 from collections.abc import Sequence
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=None, help="checkpoint directory (default: a fresh model from --config)"
-    )
-    parser.add_argument("--config", default="small", help="config name shipped in configs/ or a YAML path")
+def add_overrides_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` option shared by every subcommand that reads a YAML config."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set qformer.num_query_tokens=8 (repeatable)",
+        help=f"override a config value, e.g. --set {example} (repeatable)",
     )
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=None, help="checkpoint directory (default: a fresh model from --config)"
+    )
+    parser.add_argument("--config", default="small", help="config name shipped in configs/ or a YAML path")
+    add_overrides_argument(parser, "qformer.num_query_tokens=8")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import yaml
 
 from mvclam.engine.models.config import apply_overrides, config_path
 from mvclam.engine.training import TrainConfig, TrainingResult, train_loop
+from mvclam.jobs.cli import add_overrides_argument
 
 
 def load_train_config(stage: str, config: str | None, overrides: list[str]) -> TrainConfig:
@@ -56,14 +57,7 @@ def add_train_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", dest="num_workers", type=int, default=None, help=">1: Ray Train workers")
     parser.add_argument("--gpu", dest="use_gpu", action="store_true", default=None)
     parser.add_argument("--address", dest="ray_address", default=None, help="Ray cluster address")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a training config value, e.g. --set epochs=3 (model: --set model_overrides=[...])",
-    )
+    add_overrides_argument(parser, "epochs=3 (model: --set model_overrides=[...])")
     parser.set_defaults(handler=_cmd_train)
 
 
