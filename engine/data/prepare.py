@@ -233,6 +233,20 @@ def _value_counts(column: pa.ChunkedArray) -> dict[str, int]:
     return {item["values"]: item["counts"] for item in pc.value_counts(column).to_pylist()}
 
 
+def _run_facts(config: ViewConfig, workers: int, molecules: MoleculeTable, start: float) -> dict[str, object]:
+    """Manifest fields every preparation records: how views were computed and how long it took."""
+    return {
+        "view_config": config.to_dict(),
+        "workers": workers,
+        "seconds": {
+            "standardise": round(molecules.seconds_standardise, 1),
+            "views": round(molecules.seconds_views, 1),
+            "total": round(time.perf_counter() - start, 1),
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def _update_manifest(out_dir: Path, key: str, entry: dict[str, object]) -> None:
     path = out_dir / MANIFEST_FILE
     manifest = json.loads(path.read_text()) if path.exists() else {}
@@ -283,14 +297,7 @@ def prepare_pairs(
         "unique_input_smiles": molecules.unique_inputs,
         "unique_canonical_molecules": molecules.unique_molecules,
         "counts": _counts(good),
-        "view_config": config.to_dict(),
-        "workers": workers,
-        "seconds": {
-            "standardise": round(molecules.seconds_standardise, 1),
-            "views": round(molecules.seconds_views, 1),
-            "total": round(time.perf_counter() - start, 1),
-        },
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **_run_facts(config, workers, molecules, start),
     }
     _update_manifest(out_dir, "pairs", entry)
     return entry
@@ -369,14 +376,7 @@ def prepare_weak_labels(
         "excluded_held_out_molecules": leaked,
         "rows_written": 0 if good is None else good.num_rows,
         "unique_canonical_molecules": molecules.unique_molecules,
-        "view_config": config.to_dict(),
-        "workers": workers,
-        "seconds": {
-            "standardise": round(molecules.seconds_standardise, 1),
-            "views": round(molecules.seconds_views, 1),
-            "total": round(time.perf_counter() - start, 1),
-        },
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **_run_facts(config, workers, molecules, start),
     }
     _update_manifest(out_dir, "weak", entry)
     return entry

@@ -93,19 +93,21 @@ class CatalogStore:
         embeddings, errors = opened
         return cls(embeddings, errors)
 
-    def done_ids(self, model_version: str) -> DoneIds:
+    def _read_ids(self, model_version: str) -> tuple[pa.Array, pa.Array, DoneIds]:
+        """(embedded, failed) ids of this model version, and the DoneIds view of both tables."""
         embedded, embedded_other = _ids_by_version(self.embeddings, model_version)
         failed, failed_other = _ids_by_version(self.errors, model_version)
         self._embedded_other, self._failed_other = embedded_other, failed_other
         done = pa.concat_arrays([embedded, failed]).unique()
-        return DoneIds(done, embedded_other, failed_other)
+        return embedded, failed, DoneIds(done, embedded_other, failed_other)
+
+    def done_ids(self, model_version: str) -> DoneIds:
+        return self._read_ids(model_version)[2]
 
     def reconcile(self, model_version: str) -> DoneIds:
         """Repair ids found in both tables (a kill between the two commits of one chunk): the row
         of the current model version wins. Returns the done ids after the repair."""
-        state = self.done_ids(model_version)
-        embedded, _ = _ids_by_version(self.embeddings, model_version)
-        failed, _ = _ids_by_version(self.errors, model_version)
+        embedded, failed, state = self._read_ids(model_version)
         stale_errors = embedded.filter(pc.is_in(embedded, value_set=state.failed_other))
         stale_embedded = failed.filter(pc.is_in(failed, value_set=state.embedded_other))
         if len(stale_errors):
