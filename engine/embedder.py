@@ -14,6 +14,7 @@ import torch
 
 from mvclam.engine.models.config import load_config
 from mvclam.engine.models.mvclam import MVCLAM, MoleculeEmbeddings
+from mvclam.engine.models.pretrained import resolve_checkpoint
 from mvclam.engine.views import MoleculeViews, ViewResult, collate_views, compute_views_batch
 
 
@@ -23,15 +24,17 @@ def default_device() -> torch.device:
 
 def load_model(
     checkpoint: str | Path | None = None,
-    config: str | Path = "small",
+    config: str | Path | None = None,
     overrides: list[str] | None = None,
     device: str | torch.device | None = None,
 ) -> MVCLAM:
-    """A model in eval mode: from a checkpoint directory, else freshly initialised from a config."""
-    if checkpoint is not None:
-        model = MVCLAM.from_pretrained(checkpoint)
+    """A model in eval mode: from a checkpoint directory; with nothing given, the shipped trained
+    checkpoint; else (``"fresh"``, a config or overrides) freshly initialised from a config."""
+    directory = resolve_checkpoint(checkpoint, config, overrides)
+    if directory is not None:
+        model = MVCLAM.from_pretrained(directory)
     else:
-        model = MVCLAM(load_config(config, overrides))
+        model = MVCLAM(load_config(config or "small", overrides))
     return model.to(device or default_device()).eval()
 
 

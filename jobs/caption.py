@@ -2,6 +2,7 @@
 
     mvclam caption --smiles "CC(=O)Oc1ccccc1C(=O)O" "CCO" [--model CKPT]    # TSV on stdout
     mvclam caption --input molecules.smi --out captions.tsv [--model CKPT]
+    mvclam caption --db catalog_db --table molecules [--backend vllm] [--actors 4]   # bulk: jobs/caption_table.py
 
 Output columns: id, smiles, caption, error; one row per input (a .smi line is ``SMILES [id]``; an
 empty line or a molecule whose views fail gives a row with an error and no caption).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -48,8 +50,37 @@ def write_rows(handle: TextIO, rows: list[InputRow], results: list) -> None:
         writer.writerow([row.id, row.smiles, _one_line(result.caption or ""), _one_line(result.error or "")])
 
 
+def _cmd_caption_table(args: argparse.Namespace) -> int:
+    from mvclam.jobs.caption_table import load_caption_job, run_caption_table
+
+    job = load_caption_job(
+        args.job_config,
+        db=args.db,
+        table=args.table,
+        model=args.model,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        commit_rows=args.commit_rows,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        limit=args.limit,
+        retry_errors=args.retry_errors or None,
+        address=args.address,
+    )
+    summary = run_caption_table(job)
+    print(json.dumps(summary.to_dict()) if args.json else summary.format())
+    return 0
+
+
 def _cmd_caption(args: argparse.Namespace) -> int:
     import torch
+
+    if args.db:
+        return _cmd_caption_table(args)
+    if not args.smiles and not args.input:
+        print("give --smiles, --input or --db", file=sys.stderr)
+        return 2
 
     from mvclam.engine.captioning import UNTRAINED_WARNING, GenerationSettings, load_captioning
 
@@ -59,11 +90,11 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         rows = [InputRow(id=str(i), smiles=s) for i, s in enumerate(args.smiles, start=1)]
     else:
         rows = read_smi(Path(args.input))
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens or 96, num_beams=args.num_beams or 1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         captioning = load_captioning(
-            args.model, args.config, args.overrides, batch_size=args.batch_size, settings=settings
+            args.model, args.config, args.overrides, batch_size=args.batch_size or 16, settings=settings
         )
     for warning in caught:
         if str(warning.message) == UNTRAINED_WARNING:
@@ -86,15 +117,32 @@ def add_caption_subcommand(subparsers: argparse._SubParsersAction) -> argparse.A
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--smiles", nargs="+", help="SMILES to caption; TSV rows on stdout")
     source.add_argument("--input", help=".smi file: one 'SMILES [id]' per line")
+    source.add_argument("--db", help="LanceDB directory: caption every row of --table that needs it")
+    table = parser.add_argument_group("table mode (--db)")
+    table.add_argument("--table", default="molecules")
+    table.add_argument("--backend", choices=("transformers", "vllm"), default=None)
+    table.add_argument(
+        "--actors", type=int, default=None, help="caption actors (default: configs/caption.yaml)"
+    )
+    table.add_argument("--commit-rows", type=int, default=None)
+    table.add_argument("--limit", type=int, default=None, help="caption at most this many rows this run")
+    table.add_argument("--retry-errors", action="store_true")
+    table.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    table.add_argument("--job-config", default=None, help="job YAML (default: configs/caption.yaml)")
+    table.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--out", help="TSV to write (with --input; default: stdout)")
     parser.add_argument(
-        "--model", default=None, help="checkpoint directory (default: a fresh model from --config)"
+        "--model", default=None, help="checkpoint directory, or 'fresh' (default: the shipped model)"
     )
-    parser.add_argument("--config", default="small", help="config name shipped in configs/ or a YAML path")
+    parser.add_argument(
+        "--config", default=None, help="config (name in configs/ or YAML) of a fresh model; needs no --model"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="molecules per generate call (default 16)"
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 96")
+    parser.add_argument("--num-beams", type=int, default=None, help="default 1 (greedy)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.set_defaults(handler=_cmd_caption)
     return parser

@@ -22,16 +22,18 @@ def add_overrides_argument(parser: argparse.ArgumentParser, example: str) -> Non
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=None, help="checkpoint directory (default: a fresh model from --config)"
+        "--model", default=None, help="checkpoint directory, or 'fresh' (default: the shipped model)"
     )
-    parser.add_argument("--config", default="small", help="config name shipped in configs/ or a YAML path")
+    parser.add_argument(
+        "--config", default=None, help="config (name in configs/ or YAML) of a fresh model; needs no --model"
+    )
     add_overrides_argument(parser, "qformer.num_query_tokens=8")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from mvclam.engine.models.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config or "small", args.overrides)
     payload = {"config": config.to_dict()}
     if args.count_parameters:
         from mvclam.engine.models.mvclam import MVCLAM
@@ -45,7 +47,7 @@ def _cmd_views(args: argparse.Namespace) -> int:
     from mvclam.engine.models.config import load_config
     from mvclam.engine.views import compute_views_batch
 
-    config = load_config(args.config, args.overrides).views
+    config = load_config(args.config or "small", args.overrides).views
     failed = 0
     for result, smiles in zip(compute_views_batch(args.smiles, config), args.smiles, strict=True):
         if result.ok:
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mvclam.jobs.embed_cli import add_embed_subcommand
     from mvclam.jobs.evaluate import add_evaluate_subcommand
     from mvclam.jobs.prepare_data import add_prepare_subcommand
+    from mvclam.jobs.search import add_search_subcommands
     from mvclam.jobs.train import add_train_subcommand
 
     add_embed_subcommand(sub)
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_subcommand(sub)
     add_evaluate_subcommand(sub)
     add_caption_subcommand(sub)
+    add_search_subcommands(sub)
 
     demo = sub.add_parser("demo", help="embed a few molecules and texts end to end and rank them by MaxSim")
     _add_model_arguments(demo)

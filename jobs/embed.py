@@ -59,8 +59,8 @@ class EmbedJob:
     db: str
     table: str = "molecules"
     errors_table: str | None = None  # default: "<table>_errors"
-    model: str | None = None  # checkpoint directory; None: a fresh model from model_config + seed
-    model_config: str = "small"
+    model: str | None = None  # checkpoint directory; None: the shipped model; "fresh": a fresh model
+    model_config: str | None = None  # config of a fresh model (seeded by `seed`); implies a fresh model
     model_overrides: list[str] = field(default_factory=list)
     seed: int = 0  # torch seed of a fresh model: same seed + config -> same weights -> same version
     smiles_column: str | None = None
@@ -87,6 +87,12 @@ class EmbedJob:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.token_dtype not in ("float32", "float16"):
             raise ValueError(f"token_dtype must be float32 or float16, got {self.token_dtype!r}")
+
+    def checkpoint(self) -> Path | None:
+        """The checkpoint directory this job embeds with (None: a fresh seeded model)."""
+        from mvclam.engine.models.pretrained import resolve_checkpoint
+
+        return resolve_checkpoint(self.model, self.model_config, self.model_overrides)
 
 
 def load_embed_job(config: str | Path | None = None, **values: Any) -> EmbedJob:
@@ -163,11 +169,10 @@ def _prepare_model(job: EmbedJob, workdir: Path) -> tuple[dict[str, bytes], str,
     from mvclam.engine.models.config import load_config
     from mvclam.engine.models.mvclam import MVCLAM
 
-    if job.model is not None:
-        directory = Path(job.model)
-    else:
+    directory = job.checkpoint()
+    if directory is None:
         torch.manual_seed(job.seed)
-        model = MVCLAM(load_config(job.model_config, job.model_overrides))
+        model = MVCLAM(load_config(job.model_config or "small", job.model_overrides))
         directory = model.save_pretrained(workdir / "fresh-model")
     manifest = read_manifest(directory)
     return (
@@ -182,24 +187,25 @@ def _view_config(job: EmbedJob) -> dict[str, Any]:
     from mvclam.engine.models.checkpoint import read_manifest
     from mvclam.engine.models.config import load_config
 
-    if job.model is not None:
-        return read_manifest(job.model)["config"]["views"]
-    return load_config(job.model_config, job.model_overrides).views.to_dict()
+    directory = job.checkpoint()
+    if directory is not None:
+        return read_manifest(directory)["config"]["views"]
+    return load_config(job.model_config or "small", job.model_overrides).views.to_dict()
 
 
-def _init_ray(job: EmbedJob) -> bool:
-    """Connect to a cluster (job.address, else RAY_ADDRESS) or start a private local instance
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to a cluster (`address`, else RAY_ADDRESS) or start a private local instance
     (address="local": never attach by accident to another cluster on the machine). Returns whether
     this call started Ray (and so must shut it down)."""
     import ray
 
     if ray.is_initialized():
         return False
-    address = job.address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(address="local", num_cpus=job.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     return True
 
 
@@ -308,7 +314,7 @@ def run_embed(job: EmbedJob) -> EmbedSummary:
 
     started = time.perf_counter()
     paths = resolve_inputs(job.inputs)
-    owns_ray = _init_ray(job)
+    owns_ray = init_ray(job.address, job.num_cpus)
     try:
         with tempfile.TemporaryDirectory(prefix="mvclam-embed-") as workdir:
             blob, model_name, model_version, dim = _prepare_model(job, Path(workdir))

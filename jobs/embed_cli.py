@@ -19,7 +19,9 @@ def add_embed_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--db", required=True, help="LanceDB directory (created if missing)")
     parser.add_argument("--table", default=None, help="embeddings table (default: molecules)")
     parser.add_argument("--errors-table", default=None, help="errors table (default: <table>_errors)")
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: a fresh seeded model)")
+    parser.add_argument(
+        "--model", default=None, help="checkpoint directory, or 'fresh' (default: the shipped trained model)"
+    )
     parser.add_argument("--config", dest="model_config", default=None, help="model config for a fresh model")
     parser.add_argument(
         "--set",

@@ -146,7 +146,7 @@ def run_captioning(args: argparse.Namespace) -> int:
     from mvclam.engine.models.config import load_config
 
     if args.predictions:
-        eval_set, prepared = _load_set(args, load_config(args.config, args.overrides).views)
+        eval_set, prepared = _load_set(args, load_config(args.config or "small", args.overrides).views)
         predictions = _match_predictions(eval_set, read_predictions(args.predictions))
         source, description = str(args.predictions), None
     else:
@@ -214,7 +214,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, help="checkpoint directory (default: a fresh, untrained model)"
     )
-    parser.add_argument("--config", default="small")
+    parser.add_argument("--config", default=None, help="config of a fresh model (default: the shipped model)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
         "--split", default="auto", choices=["auto", "test", "validation", "train", "all"],

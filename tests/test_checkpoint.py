@@ -97,3 +97,16 @@ def test_paper_config_round_trip_without_package_weights(tmp_path):
     loaded = MVCLAM.from_pretrained(directory).eval()
     for before, after in zip(outputs(model), outputs(loaded), strict=True):
         assert torch.equal(before, after)
+
+
+def test_checkpoint_resolution_defaults_to_the_shipped_model(tmp_path):
+    from mvclam.engine.models.pretrained import FRESH_MODEL, resolve_checkpoint, shipped_checkpoint
+
+    shipped = shipped_checkpoint()
+    assert resolve_checkpoint(None) == shipped  # nothing asked: the shipped model (None if absent)
+    assert resolve_checkpoint(tmp_path) == tmp_path
+    assert resolve_checkpoint(FRESH_MODEL) is None
+    assert resolve_checkpoint(None, config="small") is None  # a config asks for a fresh model
+    assert resolve_checkpoint(None, overrides=["embedding_dim=64"]) is None
+    if shipped is not None:
+        assert (shipped / "model.safetensors").is_file() and (shipped / "README.md").is_file()

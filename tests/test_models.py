@@ -212,6 +212,37 @@ def test_loss_weights_switch_losses_off(views):
     assert torch.allclose(out.loss, out.contrastive)
 
 
+def test_matching_rows_subsample_the_matching_pairs(views, monkeypatch):
+    torch.manual_seed(0)
+    model = MVCLAM(tiny_config(**{"loss.matching_rows": 2, "loss.captioning_weight": 0}))
+    seen = []
+    original = model.match_logits
+
+    def spy(states, masks, text_ids, text_mask):
+        seen.append(len(text_ids))
+        return original(states, masks, text_ids, text_mask)
+
+    monkeypatch.setattr(model, "match_logits", spy)
+    ids, mask = model.tokenize(TEXTS)
+    out = model(collate_views(views), ids, mask, generator=torch.Generator().manual_seed(0))
+    assert seen == [6]  # 2 positives + 2 negative molecules + 2 negative texts, not 3 x 4
+    assert torch.isfinite(out.matching) and out.matching > 0
+
+
+def test_environment_embedding_changes_the_2d_states(views):
+    torch.manual_seed(0)
+    with_env, without = MVCLAM(tiny_config()), MVCLAM(tiny_config(**{"encoder_2d.environment_buckets": 0}))
+    assert (
+        with_env.encoder_2d.environment_embedding is not None
+        and without.encoder_2d.environment_embedding is None
+    )
+    batch = collate_views(views)
+    with torch.no_grad():
+        states = with_env.encoder_2d(batch)
+        with_env.encoder_2d.environment_embedding.table.weight.zero_()
+        assert not torch.allclose(states, with_env.encoder_2d(batch))
+
+
 def test_contrastive_loss_prefers_aligned_pairs():
     torch.manual_seed(0)
     texts = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)

@@ -53,6 +53,7 @@ from mvclam.engine.views import (
     views_from_arrow,
     views_to_arrow,
 )
+from mvclam.engine.views.collate import ENVIRONMENT_RADIUS
 
 conformer = importlib.import_module("mvclam.engine.views.conformer")
 
@@ -681,6 +682,36 @@ def test_collate_fixed_size_device_and_empty(small_views):
         collate_views(small_views, pad_to=3)
     empty = collate_views([], pad_to=8)
     assert empty.atom_features.shape == (0, 8, NUM_ATOM_FEATURES) and len(empty) == 0
+
+
+def test_atom_environments_are_ecfp_like_and_batch_independent(small_views):
+    ethanol, propanol = compute_views("CCO"), compute_views("CCCO")
+    batch = collate_views([ethanol, propanol, *small_views])
+    env = batch.atom_environments
+    assert env.shape == (*batch.atom_mask.shape, ENVIRONMENT_RADIUS + 1) and env.dtype == torch.long
+    assert (env[batch.atom_mask] >= 0).all() and not env[~batch.atom_mask].any()
+
+    carbon = int(compute_views("C").atom_features[0, 0])
+
+    def methyl(views) -> int:  # the carbon with one heavy neighbour
+        degrees = views.adjacency().sum(axis=1)
+        return next(
+            i for i in range(views.num_atoms) if views.atom_features[i, 0] == carbon and degrees[i] == 1
+        )
+
+    # The methyl carbons of ethanol and propanol: same atom and same neighbours (radius 0 and 1),
+    # different second shell (an O in ethanol, a C in propanol) at radius 2.
+    ethanol_methyl, propanol_methyl = env[0, methyl(ethanol)], env[1, methyl(propanol)]
+    assert ethanol_methyl[0] == propanol_methyl[0] and ethanol_methyl[1] == propanol_methyl[1]
+    assert ethanol_methyl[2] != propanol_methyl[2]
+    # Symmetric atoms share every identifier: the two ortho carbons of phenol.
+    phenol = compute_views("Oc1ccccc1")
+    ids = collate_views([phenol]).atom_environments[0]
+    _, counts = torch.unique(ids[:, 2], return_counts=True)
+    assert sorted(counts.tolist()) == [1, 1, 1, 2, 2]  # O, ipso C, para C, 2 ortho, 2 meta
+    # Identifiers do not depend on the other molecules of the batch or on padding.
+    alone = collate_views([propanol], pad_to=10).atom_environments[0, :4]
+    assert torch.equal(alone, env[1, :4])
 
 
 def test_views_package_does_not_import_torch():

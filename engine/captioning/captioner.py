@@ -92,7 +92,7 @@ class Captioner:
 
 def load_captioning(
     checkpoint: str | Path | None = None,
-    config: str | Path = "small",
+    config: str | Path | None = None,
     overrides: list[str] | None = None,
     batch_size: int = 16,
     settings: GenerationSettings | None = None,
@@ -100,8 +100,10 @@ def load_captioning(
 ) -> Captioner:
     """MV-CLAM (checkpoint or fresh from a config) + its trained captioner, or an untrained one with a warning."""
     from mvclam.engine.embedder import load_model
+    from mvclam.engine.models.pretrained import resolve_checkpoint
 
-    mvclam = load_model(checkpoint, config, overrides, device)
+    checkpoint = resolve_checkpoint(checkpoint, config, overrides)
+    mvclam = load_model(checkpoint if checkpoint is not None else "fresh", config, overrides, device)
     if has_captioner(checkpoint):
         assert checkpoint is not None
         captioner = load_captioner(checkpoint)

@@ -31,6 +31,10 @@ class Graph2DEncoderConfig:
     # lambda_distance * softmax(-D) + (1 - both) * row-normalised adjacency.
     lambda_attention: float = 0.33
     lambda_distance: float = 0.33
+    # ECFP-style atom-environment identifiers (radius 1..environment_radius) hashed into this many
+    # embedding rows and added to the atom embedding; 0 disables them (plain MAT features).
+    environment_buckets: int = 4096
+    environment_radius: int = 2
 
 
 @dataclass
@@ -71,6 +75,10 @@ class LossConfig:
     contrastive_weight: float = 1.0
     matching_weight: float = 1.0
     captioning_weight: float = 1.0
+    # Rows of a batch whose (positive, hard-negative molecule, hard-negative text) triples train the
+    # matching head; 0 = all. Each triple is three joint passes through the MQ-Former, so on CPU a
+    # subsample keeps the head trained at a fraction of the cost.
+    matching_rows: int = 0
     temperature: float = 0.07
     learn_temperature: bool = True
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from mvclam.engine.models.config import Graph2DEncoderConfig
 from mvclam.engine.views import ATOM_FEATURE_CARDINALITIES, ViewBatch
+from mvclam.engine.views.collate import ENVIRONMENT_RADIUS
 
 
 class AtomFeatureEmbedding(nn.Module):
@@ -31,6 +32,23 @@ class AtomFeatureEmbedding(nn.Module):
         for column, table in enumerate(self.tables[1:], start=1):
             out = out + table(atom_features[..., column])
         return out
+
+
+class AtomEnvironmentEmbedding(nn.Module):
+    """Sum over radii 1..R of one shared table indexed by hashed environment ids (Mol2vec-like
+    substructure identity, which plain per-atom features give the attention layers only slowly)."""
+
+    def __init__(self, hidden_size: int, buckets: int, radius: int):
+        super().__init__()
+        if not 1 <= radius <= ENVIRONMENT_RADIUS:
+            raise ValueError(f"encoder_2d.environment_radius must be in 1..{ENVIRONMENT_RADIUS}")
+        self.radius = radius
+        self.buckets = buckets
+        self.table = nn.Embedding(buckets, hidden_size, padding_idx=0)
+
+    def forward(self, environments: torch.Tensor, atom_mask: torch.Tensor) -> torch.Tensor:
+        ids = 1 + environments[..., 1 : self.radius + 1] % (self.buckets - 1)  # row 0 stays padding
+        return self.table(ids * atom_mask[..., None]).sum(dim=-2)
 
 
 class MATAttention(nn.Module):
@@ -87,6 +105,13 @@ class MATEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = AtomFeatureEmbedding(config.hidden_size)
+        self.environment_embedding = (
+            AtomEnvironmentEmbedding(
+                config.hidden_size, config.environment_buckets, config.environment_radius
+            )
+            if config.environment_buckets
+            else None
+        )
         self.layers = nn.ModuleList(MATLayer(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)
 
@@ -111,6 +136,8 @@ class MATEncoder(nn.Module):
         mask = batch.atom_mask
         mixing = self.graph_mixing(batch)
         x = self.embedding(batch.atom_features)
+        if self.environment_embedding is not None:
+            x = x + self.environment_embedding(batch.atom_environments, mask)
         for layer in self.layers:
             x = layer(x, mixing, mask)
         return self.final_norm(x) * mask[..., None]

@@ -239,6 +239,9 @@ class MVCLAM(nn.Module):
             similarity = losses.token_similarity(molecule_tokens, text_vectors)
             negative_molecule, negative_text = losses.sample_hard_negatives(similarity, group_ids, generator)
             rows = torch.arange(len(text_ids), device=text_ids.device)
+            if 0 < weights.matching_rows < len(rows):
+                rows = torch.randperm(len(rows), generator=generator)[: weights.matching_rows].to(rows.device)
+                negative_molecule, negative_text = negative_molecule[rows], negative_text[rows]
             has_neg_molecule, has_neg_text = negative_molecule >= 0, negative_text >= 0
             molecule_index = torch.cat([rows, negative_molecule[has_neg_molecule], rows[has_neg_text]])
             text_index = torch.cat([rows, rows[has_neg_molecule], negative_text[has_neg_text]])

@@ -92,3 +92,28 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     if path.is_file():
         return _tokenizer_from_vocab(path)
     raise FileNotFoundError(f"tokenizer '{spec}' is neither 'minilm', 'scibert' nor an existing path")
+
+
+SHIPPED_MODEL = "mvclam-small-chebi"
+FRESH_MODEL = "fresh"  # pass as the checkpoint to get a freshly initialised (untrained) model
+
+
+def shipped_checkpoint() -> Path | None:
+    """The trained checkpoint committed with the code (package ``mvclam.checkpoints``), if present."""
+    spec = importlib.util.find_spec("mvclam.checkpoints")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / SHIPPED_MODEL
+    return path if (path / "config.json").is_file() else None
+
+
+def resolve_checkpoint(
+    checkpoint: str | Path | None, config: str | Path | None = None, overrides: list[str] | None = None
+) -> Path | None:
+    """Which checkpoint a job loads: an explicit directory; nothing given (no config, no overrides)
+    means the shipped model; ``"fresh"``, a config or overrides mean a freshly initialised model (None)."""
+    if checkpoint is not None:
+        return None if str(checkpoint) == FRESH_MODEL else Path(checkpoint)
+    if config is None and not overrides:
+        return shipped_checkpoint()
+    return None

@@ -1,0 +1,382 @@
+"""Search an embedded catalog: text → molecules, molecule → molecules, molecule → texts.
+
+Two candidate paths, one exact scorer:
+
+* index path (the token column has an ANN index): LanceDB's multi-vector search with one query
+  vector returns ``1 − max_j cos(q, d_j)``, an approximation of MaxSim; it over-fetches candidates
+  and refines them, then the exact MaxSim (the `kernels.maxsim` dispatch: Triton on GPUs, torch
+  otherwise) re-scores them from the stored tokens.
+* exact path (no index: small tables, or ``exact=True``): the token column is streamed in Arrow
+  batches and scored with `kernels.maxsim_topk`, keeping a running top-k.
+
+Filters: a SQL predicate on stored columns is pushed down to Lance (prefilter); a SMARTS pattern is
+checked with RDKit on candidates, fetching more candidates until k hits pass or the table is
+exhausted. Rows of other model versions are never mixed in: their vectors live in another space.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from mvclam.engine.search.index import TOKEN_COLUMN, token_index
+from mvclam.kernels import maxsim, maxsim_topk
+
+if TYPE_CHECKING:
+    import lancedb
+
+    from mvclam.engine.models.mvclam import MVCLAM
+
+# LanceDB's multi-vector search returns fewer than k rows when a molecule's tokens are
+# near-duplicates unless it over-fetches per token (the variable is read once per process).
+os.environ.setdefault("LANCE_XTR_OVERFETCH", "64")
+
+# Stored columns returned with each hit (vectors and views are internal; they stay on disk).
+RESULT_COLUMNS = (
+    "id",
+    "input_smiles",
+    "canonical_smiles",
+    "inchikey",
+    "mw",
+    "logp",
+    "hbd",
+    "hba",
+    "tpsa",
+    "rotatable_bonds",
+    "heavy_atoms",
+    "source",
+    "model_name",
+    "model_version",
+)
+CAPTION_COLUMNS = ("caption", "caption_model_version")
+MAX_K = 1000
+MAX_CANDIDATES = 20_000
+
+
+@dataclass
+class SearchHit:
+    id: str
+    score: float  # exact MaxSim (cosine of the best query token); pooled cosine for `by="pooled"`
+    best_token: int  # index of the molecule token that matched best (-1 for pooled search)
+    columns: dict[str, Any] = field(default_factory=dict)
+    match_probability: float | None = None  # set when re-ranked by the matching head
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "score": self.score,
+            "best_token": self.best_token,
+            "match_probability": self.match_probability,
+            **{k: v for k, v in self.columns.items() if k != "id"},
+        }
+
+
+class SearchError(ValueError):
+    """A search that cannot be answered as asked (bad filter, SMARTS, SMILES or model mismatch)."""
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _tokens_from_arrow(column: pa.ChunkedArray | pa.Array) -> torch.Tensor:
+    """list<fixed_size_list<T, D>> (fixed K per row) → (M, K, D) tensor without per-row Python work."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    rows = len(column)
+    inner = column.flatten()
+    dim = inner.type.list_size
+    values = inner.flatten().to_numpy(zero_copy_only=False)
+    if rows == 0:
+        return torch.empty(0, 0, dim)
+    return torch.from_numpy(values.reshape(rows, -1, dim))
+
+
+class CatalogSearcher:
+    """Searches one LanceDB table written by `mvclam embed` with the model that embedded it."""
+
+    def __init__(
+        self,
+        db: str | Path,
+        table: str,
+        model: MVCLAM | None = None,
+        checkpoint: str | Path | None = None,
+        refine_factor: int = 5,
+        candidate_factor: int = 4,
+    ):
+        import lancedb
+
+        from mvclam.engine.embedder import load_model
+
+        self.db = lancedb.connect(str(db))
+        if table not in self.db.table_names():
+            raise SearchError(f"no table {table!r} in {db} (tables: {sorted(self.db.table_names())})")
+        self.table: lancedb.table.Table = self.db.open_table(table)
+        self.model = model if model is not None else load_model(checkpoint)
+        self.model.eval()
+        self.refine_factor = refine_factor
+        self.candidate_factor = candidate_factor
+        self.version_filter = f"model_version = {_quote(self.model.model_version)}"
+        if self.table.count_rows(self.version_filter) == 0:
+            versions = self.stored_versions()
+            raise SearchError(
+                f"table {table!r} has no rows embedded by this model (version {self.model.model_version}); "
+                f"it holds versions {versions}: search with the checkpoint that embedded it, or re-run "
+                "`mvclam embed` with this model"
+            )
+        names = set(self.table.schema.names)
+        self.result_columns = [c for c in (*RESULT_COLUMNS, *CAPTION_COLUMNS) if c in names]
+
+    # ------------------------------------------------------------------ helpers
+    def stored_versions(self) -> list[str]:
+        versions = self.table.to_lance().to_table(columns=["model_version"])["model_version"]
+        return sorted(set(pc.unique(versions).to_pylist()))
+
+    def has_index(self) -> bool:
+        return token_index(self.table) is not None
+
+    def _where(self, where: str | None) -> str:
+        return self.version_filter if not where else f"({self.version_filter}) AND ({where})"
+
+    @torch.inference_mode()
+    def embed_query(self, text: str) -> torch.Tensor:
+        if not text or not text.strip():
+            raise SearchError("the query text is empty")
+        return self.model.embed_texts([text])[0].float().cpu()
+
+    def _fetch(self, ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        from mvclam.engine.store.lance_store import sql_in_list
+
+        table = self.table.to_lance().to_table(
+            columns=list(columns), filter=f"({sql_in_list(list(ids))}) AND ({self.version_filter})"
+        )
+        return {row["id"]: row for row in table.to_pylist()}
+
+    # ------------------------------------------------------------------ candidate stages
+    def _exact_candidates(
+        self, query: torch.Tensor, limit: int, where: str | None, vector_column: str = TOKEN_COLUMN
+    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Streams (id, tokens) in Arrow batches; a running top-`limit` by exact MaxSim."""
+        dataset = self.table.to_lance()
+        try:
+            scanner = dataset.scanner(
+                columns=["id", vector_column], filter=self._where(where), batch_size=8192
+            )
+            batches = scanner.to_batches()
+            top_scores = torch.empty(0)
+            top_best = torch.empty(0, dtype=torch.long)
+            top_ids: list[str] = []
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                ids = batch.column("id").to_pylist()
+                if vector_column == TOKEN_COLUMN and query.ndim == 1:
+                    tokens = _tokens_from_arrow(batch.column(vector_column))
+                    scores, index, best = maxsim_topk(query[None].to(tokens.dtype), tokens, k=limit)
+                    scores, index, best = scores[0], index[0], best[0]
+                elif vector_column == TOKEN_COLUMN:  # a token set: mean over its tokens of MaxSim
+                    tokens = _tokens_from_arrow(batch.column(vector_column))
+                    scores, index = token_set_similarity(query, tokens).topk(min(limit, len(ids)))
+                    best = torch.full_like(index, -1)
+                else:  # pooled: one vector per row, plain cosine
+                    pooled = torch.from_numpy(
+                        batch.column(vector_column)
+                        .flatten()
+                        .to_numpy(zero_copy_only=False)
+                        .reshape(batch.num_rows, -1)
+                    ).float()
+                    all_scores = pooled @ query
+                    scores, index = all_scores.topk(min(limit, len(ids)))
+                    best = torch.full_like(index, -1)
+                merged_scores = torch.cat([top_scores, scores.float()])
+                merged_best = torch.cat([top_best, best])
+                merged_ids = top_ids + [ids[i] for i in index.tolist()]
+                order = torch.sort(merged_scores, descending=True, stable=True).indices[:limit]
+                top_scores, top_best = merged_scores[order], merged_best[order]
+                top_ids = [merged_ids[i] for i in order.tolist()]
+        except (OSError, ValueError) as error:  # Lance reports bad filters as ValueError/OSError
+            raise SearchError(f"invalid filter {where!r}: {error}") from error
+        return top_ids, top_scores, top_best
+
+    def _index_candidates(
+        self, query: torch.Tensor, limit: int, where: str | None
+    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """ANN candidates from the token index (one search per query vector), re-scored exactly
+        from their stored tokens: MaxSim for a text, token-set similarity for a molecule."""
+        candidates: dict[str, torch.Tensor] = {}
+        for vector in query if query.ndim == 2 else query[None]:
+            try:
+                found = (
+                    self.table.search(vector.numpy(), vector_column_name=TOKEN_COLUMN)
+                    .distance_type("cosine")
+                    .where(self._where(where), prefilter=True)
+                    .limit(limit * self.candidate_factor)
+                    .refine_factor(self.refine_factor)
+                    .select(["id", TOKEN_COLUMN])
+                    .to_arrow()
+                )
+            except (OSError, ValueError, RuntimeError) as error:
+                raise SearchError(f"invalid filter {where!r}: {error}") from error
+            if found.num_rows:
+                for i, tokens in zip(
+                    found["id"].to_pylist(), _tokens_from_arrow(found[TOKEN_COLUMN]), strict=True
+                ):
+                    candidates.setdefault(i, tokens)
+        if not candidates:
+            return [], torch.empty(0), torch.empty(0, dtype=torch.long)
+        ids = list(candidates)
+        tokens = torch.stack(list(candidates.values()))
+        if query.ndim == 1:
+            scores, best = maxsim(query[None].to(tokens.dtype), tokens, return_argmax=True)
+            scores, best = scores[0], best[0]
+        else:
+            scores = token_set_similarity(query, tokens)
+            best = torch.full((len(ids),), -1, dtype=torch.long)
+        order = torch.sort(scores, descending=True, stable=True).indices[:limit]
+        return [ids[i] for i in order.tolist()], scores[order], best[order]
+
+    def _ranked(
+        self,
+        query: torch.Tensor,
+        k: int,
+        where: str | None,
+        smarts: str | None,
+        exact: bool | None,
+        vector_column: str = TOKEN_COLUMN,
+    ) -> list[SearchHit]:
+        if not 1 <= k <= MAX_K:
+            raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
+        pattern = _compile_smarts(smarts)
+        use_index = vector_column == TOKEN_COLUMN and not exact and self.has_index()
+        limit = k if pattern is None else 4 * k
+        while True:
+            ids, scores, best = (
+                self._index_candidates(query, limit, where)
+                if use_index
+                else self._exact_candidates(query, limit, where, vector_column)
+            )
+            rows = self._fetch(ids, self.result_columns)
+            hits = [
+                SearchHit(id=i, score=float(s), best_token=int(b), columns=rows[i])
+                for i, s, b in zip(ids, scores.tolist(), best.tolist(), strict=True)
+                if i in rows
+            ]
+            exhausted = len(ids) < limit or limit >= MAX_CANDIDATES
+            if pattern is not None:
+                hits = [h for h in hits if _matches(pattern, h.columns.get("canonical_smiles"))]
+            if len(hits) >= k or exhausted:
+                return hits[:k]
+            limit = min(MAX_CANDIDATES, limit * 4)
+
+    # ------------------------------------------------------------------ public API
+    def search_text(
+        self,
+        query: str,
+        k: int = 10,
+        where: str | None = None,
+        smarts: str | None = None,
+        exact: bool | None = None,
+        rerank: bool = False,
+        rerank_candidates: int = 20,
+    ) -> list[SearchHit]:
+        """Molecules best described by `query`, by MaxSim; optionally re-ranked by the matching head."""
+        vector = self.embed_query(query)
+        hits = self._ranked(vector, max(k, rerank_candidates) if rerank else k, where, smarts, exact)
+        if rerank and hits:
+            hits = self._rerank_by_matching(query, hits)
+        return hits[:k]
+
+    def search_molecule(
+        self,
+        smiles: str,
+        k: int = 10,
+        by: str = "tokens",
+        where: str | None = None,
+        smarts: str | None = None,
+        exact: bool | None = None,
+    ) -> list[SearchHit]:
+        """Molecules similar to `smiles`: token-set similarity (mean over the query's tokens of its
+        best match among the stored tokens), or cosine of the pooled vectors (`by="pooled"`)."""
+        from mvclam.engine.embedder import MoleculeEmbedder
+
+        results, embeddings = MoleculeEmbedder(self.model).embed_smiles([smiles])
+        if results[0].error is not None:
+            raise SearchError(f"cannot embed {smiles!r}: {results[0].error}")
+        if by == "pooled":
+            return self._ranked(
+                embeddings.pooled[0].float(), k, where, smarts, exact=True, vector_column="pooled"
+            )
+        if by != "tokens":
+            raise SearchError(f"by must be 'tokens' or 'pooled', got {by!r}")
+        return self._ranked(embeddings.tokens[0].float(), k, where, smarts, exact)
+
+    @torch.inference_mode()
+    def rank_texts(self, smiles: str, texts: Sequence[str]) -> list[tuple[str, float]]:
+        """Rank `texts` (e.g. stored captions, candidate labels) for one molecule by MaxSim."""
+        from mvclam.engine.embedder import MoleculeEmbedder
+
+        if not texts:
+            return []
+        embedder = MoleculeEmbedder(self.model)
+        results, embeddings = embedder.embed_smiles([smiles])
+        if results[0].error is not None:
+            raise SearchError(f"cannot embed {smiles!r}: {results[0].error}")
+        vectors = embedder.embed_texts(list(texts)).float()
+        scores = maxsim(vectors, embeddings.tokens.float())[:, 0]
+        order = torch.sort(scores, descending=True, stable=True).indices
+        return [(texts[i], float(scores[i])) for i in order.tolist()]
+
+    @torch.inference_mode()
+    def _rerank_by_matching(self, query: str, hits: list[SearchHit]) -> list[SearchHit]:
+        """The paper's second stage: the matching head reads (molecule, text) jointly, so it can
+        overturn a MaxSim ordering; re-encodes the stored views (no conformer is recomputed)."""
+        from mvclam.engine.store.lance_store import sql_in_list
+        from mvclam.engine.views import VIEW_SCHEMA, collate_views, views_from_arrow
+
+        ids = [h.id for h in hits]
+        table = self.table.to_lance().to_table(
+            columns=["id", *VIEW_SCHEMA.names], filter=f"({sql_in_list(ids)}) AND ({self.version_filter})"
+        )
+        position = {i: n for n, i in enumerate(table["id"].to_pylist())}
+        views = views_from_arrow(
+            table.select(VIEW_SCHEMA.names).replace_schema_metadata(VIEW_SCHEMA.metadata)
+        )
+        ordered = [views[position[i]] for i in ids]
+        device = next(self.model.parameters()).device
+        probability = self.model.match_probability(collate_views(ordered).to(device), [query] * len(ordered))
+        for hit, p in zip(hits, probability.tolist(), strict=True):
+            hit.match_probability = float(p)
+        return sorted(hits, key=lambda h: -(h.match_probability or 0.0))
+
+
+def token_set_similarity(query_tokens: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(Q, D) query tokens against (M, K, D) stored tokens → (M,) mean over query tokens of MaxSim
+    (ColBERT's late interaction between two token sets)."""
+    return maxsim(query_tokens.to(tokens.dtype), tokens).mean(dim=0)
+
+
+def _compile_smarts(smarts: str | None):
+    if not smarts:
+        return None
+    from rdkit import Chem
+
+    pattern = Chem.MolFromSmarts(smarts)
+    if pattern is None:
+        raise SearchError(f"invalid SMARTS {smarts!r}")
+    return pattern
+
+
+def _matches(pattern, smiles: str | None) -> bool:
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles) if smiles else None
+    return mol is not None and mol.HasSubstructMatch(pattern)

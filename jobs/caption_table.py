@@ -1,0 +1,345 @@
+"""Bulk captioning of an embedded catalog table: ``mvclam caption --db DIR --table NAME``.
+
+Pipeline (Ray Data, Arrow batches end to end):
+
+    read_lance(id + stored views, filter = rows without a caption of this captioning version)
+      → CaptionActor pool (map_batches, ActorPoolStrategy; one GPU per actor where GPUs exist):
+        stored views → MQ-Former query outputs → soft prompts → backend.generate (transformers or vLLM)
+      → driver: merge-insert (update only, keyed on id) of the caption columns every `commit_rows` rows
+
+Why it is safe to run every night: the caption version is the hash pair of the MV-CLAM weights and
+the captioner (projector + LoRA + base-LLM hash) that wrote it; a row is done when it carries this
+version and its caption was written for the molecule it holds now (`caption_inchikey`). Commits are
+keyed updates of existing rows (never inserts), so re-runs neither duplicate nor drop rows, and a
+killed run loses at most the uncommitted chunk. Rows whose generation fails keep the error in
+`caption_error` (retried with `retry_errors`). Conformers are never recomputed: the stored views are
+re-encoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import yaml
+
+from mvclam.engine.store.schema import TIMESTAMP
+
+CAPTION_FIELDS = (
+    pa.field("caption", pa.string()),
+    pa.field("caption_error", pa.string()),
+    pa.field("caption_model_version", pa.string()),
+    pa.field("caption_settings", pa.string()),  # JSON of the generation settings and backend
+    pa.field("caption_inchikey", pa.string()),  # the molecule the caption describes
+    pa.field("captioned_at", TIMESTAMP),
+)
+
+
+@dataclass
+class CaptionTableJob:
+    """One bulk captioning run; `configs/caption.yaml` holds the defaults (see `load_caption_job`)."""
+
+    db: str
+    table: str = "molecules"
+    model: str | None = None  # checkpoint with a trained captioner/ (None: the shipped model)
+    backend: str = "transformers"  # "transformers" (CPU, or GPU without vLLM) or "vllm" (GPU)
+    batch_size: int = 16  # molecules per generate call (and per map_batches batch)
+    actors: int = 1
+    actor_cpus: float = 1.0
+    actor_gpus: float | None = None  # None: 1 per actor when the cluster has GPUs, else 0
+    commit_rows: int = 256
+    max_new_tokens: int = 96
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    limit: int | None = None  # caption at most this many rows this run (None: all that need it)
+    retry_errors: bool = False
+    address: str | None = None
+    num_cpus: int | None = None
+    progress: bool = True
+    vllm_options: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM(...) arguments
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("transformers", "vllm"):
+            raise ValueError(f"backend must be transformers or vllm, got {self.backend!r}")
+        for name in ("batch_size", "actors", "commit_rows", "max_new_tokens", "num_beams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def settings(self):
+        from mvclam.engine.captioning import GenerationSettings
+
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens,
+            num_beams=self.num_beams,
+            repetition_penalty=self.repetition_penalty,
+        )
+
+
+def load_caption_job(config: str | Path | None = None, **values: Any) -> CaptionTableJob:
+    from mvclam.engine.models.config import config_path
+
+    with open(config_path(config or "caption")) as handle:
+        data = yaml.safe_load(handle) or {}
+    known = {f.name for f in dataclasses.fields(CaptionTableJob)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown caption job key(s): {', '.join(unknown)}")
+    data.update({k: v for k, v in values.items() if v is not None})
+    return CaptionTableJob(**data)
+
+
+@dataclass
+class CaptionSummary:
+    caption_version: str = ""
+    rows_todo: int = 0
+    captioned: int = 0
+    failed: int = 0
+    generated_tokens: int = 0
+    commits: int = 0
+    wall_s: float = 0.0
+    generate_s: float = 0.0  # summed over actors
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["molecules_per_s"] = (self.captioned + self.failed) / self.wall_s if self.wall_s else 0.0
+        data["tokens_per_s"] = self.generated_tokens / self.wall_s if self.wall_s else 0.0
+        data["mean_caption_tokens"] = self.generated_tokens / self.captioned if self.captioned else 0.0
+        return data
+
+    def format(self) -> str:
+        d = self.to_dict()
+        return (
+            f"caption version {self.caption_version}: {self.rows_todo} rows to caption, {self.captioned} captioned, "
+            f"{self.failed} failed, {self.commits} commits in {self.wall_s:.1f} s "
+            f"({d['molecules_per_s']:.2f} molecules/s, {d['tokens_per_s']:.1f} tokens/s, "
+            f"mean {d['mean_caption_tokens']:.1f} tokens per caption)"
+        )
+
+
+def caption_version(mvclam_version: str, captioner_version: str) -> str:
+    return f"{mvclam_version}+{captioner_version}"
+
+
+def ensure_caption_columns(table) -> None:
+    """Adds the (nullable) caption columns to a table written by `mvclam embed`, once."""
+    missing = [f for f in CAPTION_FIELDS if f.name not in table.schema.names]
+    if missing:
+        table.add_columns(pa.schema(missing))
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def todo_filter(version: str, retry_errors: bool) -> str:
+    """Rows that need a caption from this version: none yet, another version, or another molecule."""
+    clauses = [
+        "caption_model_version IS NULL",
+        f"caption_model_version != {_quote(version)}",
+        "caption_inchikey IS NULL",
+        "caption_inchikey != inchikey",
+    ]
+    if retry_errors:
+        clauses.append("caption_error IS NOT NULL")
+    return " OR ".join(clauses)
+
+
+class CaptionActor:
+    """Callable class for `map_batches`: loads MV-CLAM + captioner + backend once per actor."""
+
+    def __init__(
+        self,
+        checkpoint: dict[str, bytes] | Any,
+        backend: str,
+        settings: dict[str, Any],
+        batch_size: int,
+        num_threads: int = 1,
+        vllm_options: dict[str, Any] | None = None,
+    ):
+        import ray
+        import torch
+
+        from mvclam.engine.captioning import GenerationSettings, load_captioning
+        from mvclam.engine.embedder import default_device
+
+        torch.set_num_threads(max(1, num_threads))
+        blob = ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
+        self._tmp = tempfile.TemporaryDirectory(prefix="mvclam-caption-")
+        for name, data in blob.items():
+            target = Path(self._tmp.name, "ckpt", name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        self.captioning = load_captioning(
+            Path(self._tmp.name, "ckpt"), batch_size=batch_size, device=default_device()
+        )
+        if backend == "vllm":
+            from mvclam.engine.captioning.backends import VLLMBackend, export_merged_llm
+
+            merged = export_merged_llm(self.captioning.captioner, Path(self._tmp.name, "merged"))
+            self.captioning.backend = VLLMBackend(
+                merged, hidden_size=self.captioning.backend.hidden_size, **(vllm_options or {})
+            )
+        self.settings = GenerationSettings(**settings)
+        self.tokenizer = self.captioning.captioner.tokenizer
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from mvclam.engine.views import VIEW_SCHEMA, views_from_arrow
+
+        started = time.perf_counter()
+        n = batch.num_rows
+        captions: list[str | None] = [None] * n
+        errors: list[str | None] = [None] * n
+        try:
+            views = views_from_arrow(
+                batch.select(VIEW_SCHEMA.names).replace_schema_metadata(VIEW_SCHEMA.metadata)
+            )
+            captions = list(self.captioning.caption_views(views, self.settings))
+        except Exception:
+            # Isolate the molecule that breaks the batch; the others are still captioned.
+            for i in range(n):
+                try:
+                    row = batch.slice(i, 1).select(VIEW_SCHEMA.names)
+                    view = views_from_arrow(row.replace_schema_metadata(VIEW_SCHEMA.metadata))
+                    captions[i] = self.captioning.caption_views(view, self.settings)[0]
+                except Exception as exc:
+                    errors[i] = f"{type(exc).__name__}: {exc}"[:500]
+        tokens = [len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) if c else 0 for c in captions]
+        seconds = time.perf_counter() - started
+        return pa.table(
+            {
+                "id": batch["id"],
+                "inchikey": batch["inchikey"],
+                "caption": pa.array(captions, pa.string()),
+                "caption_error": pa.array(errors, pa.string()),
+                "_tokens": pa.array(tokens, pa.int64()),
+                "_generate_s": pa.array(np.full(n, seconds / max(n, 1))),
+            }
+        )
+
+
+def _captioning_checkpoint(job: CaptionTableJob) -> Path:
+    from mvclam.engine.captioning.checkpoint import has_captioner
+    from mvclam.engine.models.pretrained import resolve_checkpoint
+
+    directory = resolve_checkpoint(job.model)
+    if directory is None or not has_captioner(directory):
+        raise ValueError(
+            "bulk captioning needs a checkpoint with a trained captioner/ (stage 2): "
+            f"{directory or 'no shipped checkpoint'} has none"
+        )
+    return directory
+
+
+def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
+    """Caption every row of the table that lacks a caption of this version; resumable."""
+    import lancedb
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from mvclam.engine.captioning.checkpoint import read_captioner_manifest
+    from mvclam.engine.models.checkpoint import read_manifest
+    from mvclam.engine.views import VIEW_SCHEMA
+    from mvclam.jobs.embed import init_ray
+    from mvclam.jobs.embed_stages import checkpoint_blob
+
+    started = time.perf_counter()
+    directory = _captioning_checkpoint(job)
+    version = caption_version(
+        read_manifest(directory)["model_version"], read_captioner_manifest(directory)["captioner_version"]
+    )
+    summary = CaptionSummary(caption_version=version)
+    table = lancedb.connect(job.db).open_table(job.table)
+    ensure_caption_columns(table)
+    where = todo_filter(version, job.retry_errors)
+    summary.rows_todo = table.count_rows(where)
+    if job.limit is not None:
+        summary.rows_todo = min(summary.rows_todo, job.limit)
+    if summary.rows_todo == 0:
+        summary.wall_s = time.perf_counter() - started
+        return summary
+
+    settings = job.settings()
+    settings_json = json.dumps({**settings.to_dict(), "backend": job.backend}, sort_keys=True)
+    owns_ray = init_ray(job.address, job.num_cpus)
+    try:
+        context = DataContext.get_current()
+        context.enable_progress_bars = job.progress
+        gpus = job.actor_gpus
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        dataset = ray.data.read_lance(table.to_lance().uri, columns=["id", *VIEW_SCHEMA.names], filter=where)
+        if job.limit is not None:
+            dataset = dataset.limit(job.limit)
+        dataset = dataset.map_batches(
+            CaptionActor,
+            batch_format="pyarrow",
+            batch_size=job.batch_size,
+            fn_constructor_kwargs={
+                "checkpoint": ray.put(checkpoint_blob(directory)),
+                "backend": job.backend,
+                "settings": settings.to_dict(),
+                "batch_size": job.batch_size,
+                "num_threads": max(1, int(job.actor_cpus)),
+                "vllm_options": job.vllm_options,
+            },
+            compute=ActorPoolStrategy(size=job.actors),
+            num_cpus=job.actor_cpus,
+            num_gpus=gpus,
+        )
+        pending: list[pa.Table] = []
+
+        def commit() -> None:
+            if not pending:
+                return
+            rows = pa.concat_tables(pending)
+            pending.clear()
+            now = pa.scalar(time.time_ns() // 1000, TIMESTAMP)
+            update = pa.table(
+                {
+                    "id": rows["id"],
+                    "caption": rows["caption"],
+                    "caption_error": rows["caption_error"],
+                    "caption_model_version": pa.array([version] * rows.num_rows, pa.string()),
+                    "caption_settings": pa.array([settings_json] * rows.num_rows, pa.string()),
+                    "caption_inchikey": rows["inchikey"],
+                    "captioned_at": pa.array([now] * rows.num_rows, TIMESTAMP),
+                }
+            )
+            # Update-only merge: a caption never creates a row (an id deleted meanwhile stays gone).
+            table.merge_insert("id").when_matched_update_all().execute(update)
+            summary.commits += 1
+            if job.progress:
+                print(
+                    f"[mvclam caption] committed {summary.captioned} captioned + {summary.failed} failed "
+                    f"of {summary.rows_todo} ({time.perf_counter() - started:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        buffered = 0
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            batch = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+            failed = batch["caption_error"].is_valid()
+            summary.failed += int(np.sum(failed.to_numpy(zero_copy_only=False)))
+            summary.captioned += batch.num_rows - int(np.sum(failed.to_numpy(zero_copy_only=False)))
+            summary.generated_tokens += int(np.sum(batch["_tokens"].to_numpy()))
+            summary.generate_s += float(np.sum(batch["_generate_s"].to_numpy()))
+            pending.append(batch)
+            buffered += batch.num_rows
+            if buffered >= job.commit_rows:
+                commit()
+                buffered = 0
+        commit()
+        summary.wall_s = time.perf_counter() - started
+        return summary
+    finally:
+        if owns_ray:
+            ray.shutdown()

@@ -1,0 +1,169 @@
+"""``mvclam search`` and ``mvclam index``: thin CLIs over `mvclam.engine.search`.
+
+    mvclam search "a beta-lactam antibiotic" --db catalog_db --table molecules -k 10 \\
+        [--where "mw < 500 AND hbd <= 5"] [--smarts "C1C(=O)NC1"] [--rerank] [--exact] [--json]
+    mvclam search --smiles "CC(=O)Oc1ccccc1C(=O)O" --db catalog_db --table molecules [--by pooled]
+    mvclam index --db catalog_db --table molecules [--index-type auto|none|IVF_HNSW_SQ|...]
+    mvclam serve --db catalog_db --table molecules [--port 8000]       # API + web page (jobs/serve.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+DISPLAY_COLUMNS = ("mw", "logp", "hbd", "hba", "tpsa")
+
+
+def _format_table(hits: list[dict[str, Any]]) -> str:
+    """A fixed-width table for people (a caption, when stored, on the line below its molecule);
+    `--json` gives every column for programs."""
+    header = ["rank", "score", "id", *DISPLAY_COLUMNS, "smiles"]
+    reranked = any(h.get("match_probability") is not None for h in hits)
+    if reranked:
+        header.insert(2, "match")
+    rows = []
+    for rank, hit in enumerate(hits, start=1):
+        cells = [str(rank), f"{hit['score']:.4f}"]
+        if reranked:
+            cells.append(f"{hit['match_probability']:.3f}")
+        cells.append(str(hit["id"]))
+        for column in DISPLAY_COLUMNS:
+            value = hit.get(column)
+            cells.append("" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value))
+        cells.append(str(hit.get("canonical_smiles", "")))
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(header, widths, strict=True)).rstrip()]
+    for hit, row in zip(hits, rows, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if hit.get("caption"):
+            lines.append(" " * (widths[0] + 2) + str(hit["caption"]))
+    return "\n".join(lines)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from mvclam.engine.search import CatalogSearcher, SearchError
+
+    if bool(args.query) == bool(args.smiles):
+        print("give either a query text or --smiles", file=sys.stderr)
+        return 2
+    try:
+        searcher = CatalogSearcher(args.db, args.table, checkpoint=args.model)
+        if args.query:
+            hits = searcher.search_text(
+                args.query,
+                k=args.k,
+                where=args.where,
+                smarts=args.smarts,
+                exact=args.exact or None,
+                rerank=args.rerank,
+            )
+        else:
+            hits = searcher.search_molecule(
+                args.smiles,
+                k=args.k,
+                by=args.by,
+                where=args.where,
+                smarts=args.smarts,
+                exact=args.exact or None,
+            )
+    except SearchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    results = [h.to_dict() for h in hits]
+    if args.json:
+        payload = {"query": args.query, "smiles": args.smiles, "k": args.k, "results": results}
+        print(json.dumps(payload, default=str))
+    elif results:
+        print(_format_table(results))
+    else:
+        print("no results")
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    import lancedb
+
+    from mvclam.engine.search import build_index
+
+    table = lancedb.connect(args.db).open_table(args.table)
+    report = build_index(
+        table,
+        index_type=args.index_type,
+        brute_force_rows=args.brute_force_rows,
+        num_partitions=args.num_partitions,
+        rebuild=args.rebuild,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(
+            f"{args.table}: {report.rows} rows, index {report.index_type or 'none (brute force)'}: "
+            f"{report.action} in {report.seconds:.1f} s"
+            + (
+                f", {report.indexed_rows} rows indexed, {report.unindexed_rows} not yet"
+                if report.indexed_rows is not None
+                else ""
+            )
+        )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from mvclam.jobs.serve import serve
+
+    serve(args.db, args.table, model=args.model, host=args.host, port=args.port)
+    return 0
+
+
+def add_search_subcommands(sub: argparse._SubParsersAction) -> None:
+    from mvclam.engine.search import BRUTE_FORCE_ROWS
+    from mvclam.engine.search.index import INDEX_TYPES
+
+    search = sub.add_parser(
+        "search", help="search an embedded catalog with a sentence (or similar molecules)"
+    )
+    search.add_argument("query", nargs="?", default=None, help="natural-language query")
+    search.add_argument("--smiles", default=None, help="find molecules similar to this one instead")
+    search.add_argument("--db", required=True, help="LanceDB directory or URI")
+    search.add_argument("--table", default="molecules")
+    search.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument(
+        "--where", default=None, help="SQL predicate on stored columns, e.g. 'mw < 500 AND hbd <= 5'"
+    )
+    search.add_argument("--smarts", default=None, help="keep only molecules with this substructure")
+    search.add_argument(
+        "--exact", action="store_true", help="exact MaxSim over every row, even with an index"
+    )
+    search.add_argument("--rerank", action="store_true", help="re-rank the top 20 with the matching head")
+    search.add_argument(
+        "--by", choices=("tokens", "pooled"), default="tokens", help="similarity for --smiles"
+    )
+    search.add_argument("--json", action="store_true", help="JSON output with every stored column")
+    search.set_defaults(handler=_cmd_search)
+
+    index = sub.add_parser("index", help="build or refresh the ANN index of a catalog table")
+    index.add_argument("--db", required=True)
+    index.add_argument("--table", default="molecules")
+    index.add_argument("--index-type", default="auto", choices=("auto", "none", *INDEX_TYPES))
+    index.add_argument(
+        "--brute-force-rows", type=int, default=BRUTE_FORCE_ROWS, help="no index below this size"
+    )
+    index.add_argument("--num-partitions", type=int, default=None)
+    index.add_argument(
+        "--rebuild", action="store_true", help="rebuild instead of refreshing an existing index"
+    )
+    index.add_argument("--json", action="store_true")
+    index.set_defaults(handler=_cmd_index)
+
+    serve = sub.add_parser("serve", help="serve the search API and web page for one catalog table")
+    serve.add_argument("--db", required=True)
+    serve.add_argument("--table", default="molecules")
+    serve.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=_cmd_serve)
