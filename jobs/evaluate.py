@@ -212,7 +212,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="report JSON path")
     parser.add_argument(
-        "--model", default=None, help="checkpoint directory (default: a fresh, untrained model)"
+        "--model", default=None, help="checkpoint directory, or 'fresh' (default: the shipped model)"
     )
     parser.add_argument("--config", default=None, help="config of a fresh model (default: the shipped model)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

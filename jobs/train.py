@@ -60,6 +60,27 @@ def add_train_subcommand(subparsers: argparse._SubParsersAction) -> None:
     add_overrides_argument(parser, "epochs=3 (model: --set model_overrides=[...])")
     parser.set_defaults(handler=_cmd_train)
 
+    export = subparsers.add_parser(
+        "export", help="compact copy of a stage-1 checkpoint for shipping (float16)"
+    )
+    export.add_argument("checkpoint", help="stage-1 checkpoint directory")
+    export.add_argument("--out", required=True, help="directory to write")
+    export.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    export.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from mvclam.engine.models.checkpoint import export_checkpoint, read_manifest
+
+    target = export_checkpoint(args.checkpoint, args.out, getattr(torch, args.dtype))
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    print(
+        f"exported {args.checkpoint} -> {target} (version {read_manifest(target)['model_version']}, {size / 1e6:.1f} MB)"
+    )
+    return 0
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     config = load_train_config(args.stage, args.config, args.overrides)

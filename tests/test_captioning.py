@@ -251,6 +251,30 @@ def test_save_load_round_trip(tmp_path, captioner, query_states):
         load_captioner(tmp_path)
 
 
+def test_float16_captioner_checkpoint(tmp_path, captioner, query_states):
+    captioner.trained = True
+    try:
+        save_captioner(captioner, tmp_path / "half", weights_dtype=torch.float16)
+        save_captioner(captioner, tmp_path / "full")
+    finally:
+        captioner.trained = False
+    half = (tmp_path / "half" / "captioner" / "captioner.safetensors").stat().st_size
+    full = (tmp_path / "full" / "captioner" / "captioner.safetensors").stat().st_size
+    assert half < 0.51 * full
+    loaded = load_captioner(tmp_path / "half")
+    assert next(loaded.projector.parameters()).dtype == torch.float32  # computed in float32
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.prompt_embeds(query_states), captioner.prompt_embeds(query_states), rtol=0, atol=2e-2
+        )
+
+
+def test_query_value_lora_targets(mvclam):
+    small = MoleculeCaptioner(CaptionerConfig.for_model(mvclam, lora_r=4, lora_targets="query-value"))
+    names = [n for n, p in small.named_parameters() if p.requires_grad and "lora_" in n]
+    assert names and all(("q_proj" in n or "v_proj" in n) for n in names)
+
+
 def test_merged_export_matches_lora_model(tmp_path, captioner, query_states):
     from transformers import AutoModelForCausalLM
 

@@ -110,3 +110,38 @@ def test_checkpoint_resolution_defaults_to_the_shipped_model(tmp_path):
     assert resolve_checkpoint(None, overrides=["embedding_dim=64"]) is None
     if shipped is not None:
         assert (shipped / "model.safetensors").is_file() and (shipped / "README.md").is_file()
+
+
+def test_untrained_lm_head_is_not_stored(tmp_path):
+    torch.manual_seed(0)
+    model = MVCLAM(load_config("small", ["loss.captioning_weight=0"])).eval()
+    model.save_pretrained(tmp_path)
+    manifest = json.loads((tmp_path / "config.json").read_text())
+    assert manifest["untrained_modules"] == ["lm_head"]
+    with safe_open(str(tmp_path / WEIGHTS_FILE), "pt") as handle:
+        assert not any(k.startswith("lm_head.") for k in handle.keys())  # noqa: SIM118
+    loaded = MVCLAM.from_pretrained(tmp_path).eval()
+    for got, want in zip(outputs(loaded), outputs(model), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert (tmp_path / "vocab.txt").is_file() and not (tmp_path / "tokenizer.json").exists()
+    assert loaded.tokenize(TEXTS)[0].tolist() == model.tokenize(TEXTS)[0].tolist()
+
+
+def test_export_trims_unused_positions_and_keeps_outputs(trained_model, tmp_path):
+    from mvclam.engine.models.checkpoint import export_checkpoint
+
+    trained_model.save_pretrained(tmp_path / "full")
+    export_checkpoint(tmp_path / "full", tmp_path / "shipped", torch.float16)
+    shipped = MVCLAM.from_pretrained(tmp_path / "shipped").eval()
+    length = trained_model.config.max_text_length
+    assert shipped.qformer.embeddings.position_embeddings.num_embeddings == length
+    assert shipped.config.qformer.max_position_embeddings == length
+    long_text = ["word " * 400]  # truncated to max_text_length: never reads a dropped row
+    for got, want in zip(outputs(shipped), outputs(trained_model), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            shipped.embed_texts(long_text), trained_model.embed_texts(long_text), rtol=0, atol=2e-3
+        )
+    full_size = (tmp_path / "full" / WEIGHTS_FILE).stat().st_size
+    assert (tmp_path / "shipped" / WEIGHTS_FILE).stat().st_size < 0.51 * full_size

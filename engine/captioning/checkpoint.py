@@ -47,11 +47,16 @@ def _stored_state(captioner: MoleculeCaptioner) -> dict[str, torch.Tensor]:
     }
 
 
-def save_captioner(captioner: MoleculeCaptioner, checkpoint: str | Path) -> Path:
+def save_captioner(
+    captioner: MoleculeCaptioner, checkpoint: str | Path, weights_dtype: torch.dtype = torch.float32
+) -> Path:
     directory = captioner_dir(checkpoint)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
-    save_file(_stored_state(captioner), str(weights), metadata={"format": CAPTIONER_FORMAT})
+    state = {
+        k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in _stored_state(captioner).items()
+    }
+    save_file(state, str(weights), metadata={"format": CAPTIONER_FORMAT})
     version = hashlib.sha256(weights.read_bytes() + captioner.llm_source.sha256.encode()).hexdigest()[:12]
     manifest: dict[str, Any] = {
         "format": CAPTIONER_FORMAT,

@@ -37,6 +37,7 @@ IGNORE_INDEX = -100  # the label value cross-entropy skips
 _SOFT_PROMPT_MARK = "\x00MOLECULE\x00"  # split point of the rendered template; never in real text
 LORA_TARGETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "query-value": ["q_proj", "v_proj"],  # LoRA's original choice; the smallest adapter
     "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
 

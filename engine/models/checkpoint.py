@@ -1,8 +1,11 @@
-"""Checkpoint directories: ``config.json`` + ``model.safetensors`` + tokenizer files. No pickle anywhere.
+"""Checkpoint directories: ``config.json`` + ``model.safetensors`` + ``vocab.txt``. No pickle anywhere.
 
 Frozen tensors that are byte-identical to a pinned weight package (e.g. MiniLM's word embeddings,
 47 MB) are stored as references — distribution, version, key and SHA-256 — instead of copies,
-and are checked against the installed package when loaded.
+and are checked against the installed package when loaded. Modules that no loss trained (the
+stage-1 LM head when the captioning loss is off) are left out and listed in the manifest: they
+would only be initialisation noise, and the shipped checkpoint has a size budget. The tokenizer is
+stored as its WordPiece vocabulary (the lower-casing BERT rules are fixed by the code).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ def save_checkpoint(model: MVCLAM, directory: str | Path, weights_dtype: torch.d
     directory.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     parameters = dict(model.named_parameters())
+    untrained = untrained_modules(model)
+    state = {k: v for k, v in state.items() if not any(k.startswith(m + ".") for m in untrained)}
 
     references: dict[str, dict[str, str]] = {}
     package_states: dict[str, dict[str, torch.Tensor]] = {}
@@ -79,10 +84,26 @@ def save_checkpoint(model: MVCLAM, directory: str | Path, weights_dtype: torch.d
         "weights_dtype": str(weights_dtype).removeprefix("torch."),
         "config": model.config.to_dict(),
         "referenced_tensors": references,
+        "untrained_modules": untrained,
     }
     (directory / CONFIG_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-    model.tokenizer.save_pretrained(str(directory))
+    save_vocabulary(model.tokenizer, directory / "vocab.txt")
     return directory
+
+
+def save_vocabulary(tokenizer, path: Path) -> None:
+    """The WordPiece vocabulary, one token per line in id order (what BERT's vocab.txt is)."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    if [i for _, i in vocab] != list(range(len(vocab))):
+        raise CheckpointError(
+            "the tokenizer's ids are not contiguous: it is not a plain WordPiece vocabulary"
+        )
+    path.write_text("".join(token + "\n" for token, _ in vocab), encoding="utf-8")
+
+
+def untrained_modules(model: MVCLAM) -> list[str]:
+    """Modules no loss of this config trains (left at initialisation, so not worth storing)."""
+    return ["lm_head"] if not model.config.loss.captioning_weight else []
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -105,8 +126,12 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     directory = Path(directory)
     manifest = read_manifest(directory)
     config = MVCLAMConfig.from_dict(manifest["config"])
-    has_tokenizer = (directory / "vocab.txt").is_file() or (directory / "tokenizer.json").is_file()
-    tokenizer = load_tokenizer(str(directory)) if has_tokenizer else None
+    if (directory / "tokenizer.json").is_file():  # checkpoints written by earlier versions
+        tokenizer = load_tokenizer(str(directory))
+    elif (directory / "vocab.txt").is_file():
+        tokenizer = load_tokenizer(str(directory / "vocab.txt"))
+    else:
+        tokenizer = None
     model = MVCLAM(config, load_pretrained=False, tokenizer=tokenizer)
 
     state = {
@@ -130,9 +155,31 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
         model.package_sources[name] = (distribution, ref["key"])
 
     missing, unexpected = model.load_state_dict(state, strict=False)
+    skipped = tuple(m + "." for m in manifest.get("untrained_modules", []))
+    missing = [k for k in missing if not k.startswith(skipped)]  # stay at their initialisation
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model.model_version = manifest["model_version"]
     return model.to(map_location)
+
+
+def export_checkpoint(
+    source: str | Path, target: str | Path, weights_dtype: torch.dtype = torch.float16
+) -> Path:
+    """A compact copy for shipping: weights in `weights_dtype`, and the position-embedding rows
+    past `max_text_length` dropped (texts are truncated there and query tokens have no positions,
+    so those rows are never read). Embeddings of the copy equal the source's up to the dtype."""
+    from mvclam.engine.models.mvclam import MVCLAM
+
+    model = MVCLAM.from_pretrained(source)
+    length = model.config.max_text_length
+    embedding = model.qformer.embeddings.position_embeddings
+    if embedding.num_embeddings > length:
+        trimmed = torch.nn.Embedding(length, embedding.embedding_dim)
+        with torch.no_grad():
+            trimmed.weight.copy_(embedding.weight[:length])
+        model.qformer.embeddings.position_embeddings = trimmed
+        model.config.qformer.max_position_embeddings = length
+    return model.save_pretrained(target, weights_dtype=weights_dtype)

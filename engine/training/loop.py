@@ -68,6 +68,7 @@ class TrainConfig:
     use_gpu: bool = False
     ray_address: str | None = None
     checkpoint_dtype: str = "float32"  # "float16" halves the shipped checkpoint
+    captioner: dict[str, Any] = field(default_factory=dict)  # stage 2: CaptionerConfig values (e.g. lora_r)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

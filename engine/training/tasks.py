@@ -80,14 +80,14 @@ class Stage2Task:
         self.module = captioner.to(device)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path) -> Stage2Task:
+    def from_checkpoint(cls, checkpoint: str | Path, captioner_options: dict | None = None) -> Stage2Task:
         from mvclam.engine.captioning.checkpoint import has_captioner, load_captioner
         from mvclam.engine.captioning.model import CaptionerConfig, MoleculeCaptioner
 
         mvclam = MVCLAM.from_pretrained(checkpoint)
         if has_captioner(checkpoint):  # continue training a captioner
             return cls(mvclam, load_captioner(checkpoint).train())
-        return cls(mvclam, MoleculeCaptioner(CaptionerConfig.for_model(mvclam)))
+        return cls(mvclam, MoleculeCaptioner(CaptionerConfig.for_model(mvclam, **(captioner_options or {}))))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return _unwrap(self.module).trainable_parameters()
@@ -109,7 +109,7 @@ class Stage2Task:
         self.mvclam.save_pretrained(directory, weights_dtype=dtype)
         captioner = _unwrap(self.module)
         captioner.trained = True
-        save_captioner(captioner, directory)
+        save_captioner(captioner, directory, weights_dtype=dtype)
 
     def load_weights(self, directory: Path) -> None:
         from mvclam.engine.captioning.checkpoint import load_captioner
@@ -132,7 +132,7 @@ def build_task(config: TrainConfig) -> TrainingTask:
     if config.stage == "stage2":
         if not config.init_from:
             raise ValueError("stage2 needs init_from: the stage-1 checkpoint whose query outputs it captions")
-        return Stage2Task.from_checkpoint(config.init_from)
+        return Stage2Task.from_checkpoint(config.init_from, config.captioner)
     raise ValueError(f"unknown stage '{config.stage}'; expected stage1 or stage2")
 
 
