@@ -157,13 +157,24 @@ def run_captioning(args: argparse.Namespace) -> int:
                 f"captioning with a model needs mvclam.engine.captioning, which is not importable ({exc}); "
                 "score existing captions with --predictions FILE.tsv"
             ) from None
-        captioner = load_captioning(args.model, args.config, args.overrides, device=args.device)
+        from mvclam.engine.captioning import GenerationSettings
+
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+        captioner = load_captioning(
+            args.model,
+            args.config,
+            args.overrides,
+            batch_size=args.batch_size,
+            settings=settings,
+            device=args.device,
+        )
         eval_set, prepared = _load_set(args, captioner.mvclam.config.views)
         predictions = caption_molecules(eval_set, captioner.caption_views)
         source = "generated"
         description = {
             "checkpoint": args.model,
             "captioner_trained": bool(getattr(captioner, "trained", False)),
+            "generation": settings.to_dict(),
         }
         if args.save_predictions:
             _save_predictions(args.save_predictions, eval_set, predictions)
@@ -244,6 +255,9 @@ def add_evaluate_subcommand(subparsers: argparse._SubParsersAction) -> argparse.
         "--predictions", default=None, help="TSV with cid (or smiles) and caption columns"
     )
     captioning.add_argument("--save-predictions", default=None, help="write generated captions to this TSV")
+    captioning.add_argument("--max-new-tokens", type=int, default=96)
+    captioning.add_argument("--num-beams", type=int, default=1, help="1: greedy")
+    captioning.add_argument("--batch-size", type=int, default=16, help="molecules per generate call")
     captioning.set_defaults(handler=run_captioning)
     return parser
 
