@@ -327,7 +327,18 @@ def _run_cli(argv: list[str]) -> int:
 
 
 def test_cli_smiles_prints_rows_with_errors(capsys):
-    argv = ["caption", "--smiles", "CCO", "C1CC", "--max-new-tokens", "3", "--threads", "1", "--model", "fresh"]
+    argv = [
+        "caption",
+        "--smiles",
+        "CCO",
+        "C1CC",
+        "--max-new-tokens",
+        "3",
+        "--threads",
+        "1",
+        "--model",
+        "fresh",
+    ]
     assert _run_cli(argv) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()

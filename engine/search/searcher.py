@@ -17,6 +17,7 @@ exhausted. Rows of other model versions are never mixed in: their vectors live i
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,9 @@ def _tokens_from_arrow(column: pa.ChunkedArray | pa.Array) -> torch.Tensor:
     values = inner.flatten().to_numpy(zero_copy_only=False)
     if rows == 0:
         return torch.empty(0, 0, dim)
-    return torch.from_numpy(values.reshape(rows, -1, dim))
+    with warnings.catch_warnings():  # Arrow buffers are read-only; the tokens are only ever read
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(values.reshape(rows, -1, dim))
 
 
 class CatalogSearcher:
