@@ -22,7 +22,6 @@ from .features import NUM_ATOM_FEATURES
 from .molecule_views import MoleculeViews
 
 ENVIRONMENT_RADIUS = 2  # ECFP4-sized environments: radius 0, 1 and 2 identifiers per atom
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
