@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import yaml
 
 from mvclam.engine.store.schema import TIMESTAMP
 
@@ -84,16 +83,10 @@ class CaptionTableJob:
 
 
 def load_caption_job(config: str | Path | None = None, **values: Any) -> CaptionTableJob:
-    from mvclam.engine.models.config import config_path
+    """A CaptionTableJob from a YAML job config (default: configs/caption.yaml) and `values`."""
+    from mvclam.jobs.embed import load_job_config
 
-    with open(config_path(config or "caption")) as handle:
-        data = yaml.safe_load(handle) or {}
-    known = {f.name for f in dataclasses.fields(CaptionTableJob)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown caption job key(s): {', '.join(unknown)}")
-    data.update({k: v for k, v in values.items() if v is not None})
-    return CaptionTableJob(**data)
+    return load_job_config(CaptionTableJob, "caption", config, values)
 
 
 @dataclass

@@ -95,19 +95,24 @@ class EmbedJob:
         return resolve_checkpoint(self.model, self.model_config, self.model_overrides)
 
 
-def load_embed_job(config: str | Path | None = None, **values: Any) -> EmbedJob:
-    """An EmbedJob from a YAML job config (default: the shipped configs/embed.yaml), with `values`
-    (e.g. CLI arguments; None means "not given") taking precedence."""
+def load_job_config(job_type: type, default: str, config: str | Path | None, values: dict[str, Any]) -> Any:
+    """A job dataclass from its YAML config (`default` names the shipped one), with `values` (e.g.
+    CLI arguments; None means "not given") taking precedence. Unknown YAML keys are an error."""
     from mvclam.engine.models.config import config_path
 
-    with open(config_path(config or "embed")) as handle:
+    with open(config_path(config or default)) as handle:
         data = yaml.safe_load(handle) or {}
-    known = {f.name for f in dataclasses.fields(EmbedJob)}
+    known = {f.name for f in dataclasses.fields(job_type)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown embed job key(s): {', '.join(unknown)}")
+        raise ValueError(f"unknown {default} job key(s): {', '.join(unknown)}")
     data.update({k: v for k, v in values.items() if v is not None})
-    return EmbedJob(**data)
+    return job_type(**data)
+
+
+def load_embed_job(config: str | Path | None = None, **values: Any) -> EmbedJob:
+    """An EmbedJob from a YAML job config (default: the shipped configs/embed.yaml) and `values`."""
+    return load_job_config(EmbedJob, "embed", config, values)
 
 
 @dataclass

@@ -175,73 +175,19 @@ def test_other_model_version_is_refused(catalog):
 
 def test_cli_search_and_index(catalog):
     db, checkpoint, _ = catalog
-    base = [sys.executable, "-m", "mvclam.jobs.cli"]
-    out = subprocess.run(
-        [
-            *base,
-            "search",
-            QUERIES[0],
-            "--db",
-            str(db),
-            "--table",
-            "molecules",
-            "--model",
-            str(checkpoint),
-            "-k",
-            "4",
-            "--where",
-            "mw < 400",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    payload = json.loads(out.stdout)
+
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "mvclam.jobs.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, check=check)
+
+    search = ["search", QUERIES[0], "--db", str(db), "--table", "molecules", "--model", str(checkpoint)]
+    payload = json.loads(cli(*search, "-k", "4", "--where", "mw < 400", "--json").stdout)
     assert len(payload["results"]) == 4 and all(r["mw"] < 400 for r in payload["results"])
-    table = subprocess.run(
-        [
-            *base,
-            "search",
-            QUERIES[0],
-            "--db",
-            str(db),
-            "--table",
-            "molecules",
-            "--model",
-            str(checkpoint),
-            "-k",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    table = cli(*search, "-k", "3")
     assert payload["results"][0]["id"] in table.stdout and "score" in table.stdout
-    bad = subprocess.run(
-        [
-            *base,
-            "search",
-            QUERIES[0],
-            "--db",
-            str(db),
-            "--table",
-            "molecules",
-            "--model",
-            str(checkpoint),
-            "--smarts",
-            "C(",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = cli(*search, "--smarts", "C(", check=False)
     assert bad.returncode == 2 and "SMARTS" in bad.stderr
-    index = subprocess.run(
-        [*base, "index", "--db", str(db), "--table", "molecules", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    index = cli("index", "--db", str(db), "--table", "molecules", "--json")
     assert json.loads(index.stdout)["action"] == "none"  # 80 rows: brute force, no index
 
 
