@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="CSV(.gz) with a SMILES column")
     parser.add_argument("--molecules", type=int, default=200)
     parser.add_argument(
-        "--model", default=None, help="checkpoint (default: fresh model, untrained captioner)"
+        "--model", default=None, help="checkpoint (default: the shipped trained model)"
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)

@@ -1,21 +1,23 @@
 """Search latency and recall: exact MaxSim (brute force) against the LanceDB index path.
 
-    python benchmarks/bench_search.py --seed-db catalog_db --seed-table molecules --rows 100000
+    python benchmarks/bench_search.py --seed-db moses_db --rows 100000 1000000 \
+        --index-types IVF_SQ --nprobes 10 20 40
 
 Not a test: run it by hand on a quiet machine; docs/benchmarks.md quotes its JSON output.
 
-The table is a *realistic synthetic* token set: every synthetic molecule is a real embedded
-molecule of the seed table (tokens written by `mvclam embed`) with Gaussian noise added to each
-token and re-normalised, so the token geometry (near-duplicate tokens inside a molecule, clusters
-of similar molecules) is the model's, at a scale this 2-core machine cannot embed for real.
-Queries are real texts embedded by the same model.
+The seed table holds real molecules embedded by `mvclam embed` (e.g. 10k MOSES molecules). A
+larger table is a *realistic synthetic* token set: each synthetic molecule takes the 2D-view
+tokens of one real molecule and the 3D-view tokens of another, plus Gaussian noise on every token
+(re-normalised), so each token is a real token of the model's space and molecules are not
+near-copies of a few parents. Queries are real sentences embedded by the same model.
 
 Measured side by side in one run, on the same table and queries:
-* exact: `kernels.maxsim_topk` over all tokens held in memory (float16 → float32 per chunk);
-* exact-scan: the searcher's exact path (streams the token column from Lance per query);
-* index: IVF_HNSW_SQ (cosine) + refine + exact re-rank of the candidates (the searcher's index path);
-recall@10 of the index path against exact MaxSim, p50/p95 latency, queries/s, index build time and
-on-disk sizes.
+* exact: `kernels.maxsim_topk` over all tokens held in memory (when they fit: `--max-in-memory-gb`);
+* exact-scan: the searcher's exact path (streams the token column from Lance per query); its
+  results are the truth for recall;
+* index: for each index type, IVF partitions probed and refine factor, the searcher's index path
+  (ANN candidates, then exact MaxSim re-score of the candidates); recall@10 against exact MaxSim,
+  p50/p95 latency, queries/s, index build time and on-disk sizes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import platform
 import shutil
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import lancedb
@@ -35,7 +38,7 @@ import pyarrow as pa
 import torch
 
 from mvclam.engine.search import CatalogSearcher, build_index
-from mvclam.engine.search.searcher import _tokens_from_arrow
+from mvclam.engine.search.searcher import SearchHit, _tokens_from_arrow
 from mvclam.engine.store.schema import multivector_array, vector_array
 from mvclam.kernels import maxsim_topk
 
@@ -63,50 +66,95 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def synthetic_table(seed: pa.Table, rows: int, noise: float, rng: np.random.Generator) -> pa.Table:
-    """`rows` rows around the seed molecules' real tokens (float16, like a production table)."""
+def synthetic_batches(
+    seed: pa.Table, rows: int, noise: float, rng: np.random.Generator, chunk: int = 10_000
+) -> Iterator[pa.RecordBatch]:
+    """`rows` synthetic molecules from the seed's real tokens (float16, like a production table).
+
+    Rows up to the seed's size are the real molecules themselves; beyond it, each row joins the
+    first-view tokens of one seed molecule with the second-view tokens of another, plus noise."""
     tokens = _tokens_from_arrow(seed["tokens"]).float().numpy()
-    parents = rng.integers(0, len(tokens), size=rows)
-    batches = []
-    for start in range(0, rows, 20_000):
-        chosen = parents[start : start + 20_000]
-        noisy = tokens[chosen] + noise * rng.standard_normal(
-            (len(chosen), *tokens.shape[1:]), dtype=np.float32
-        )
-        noisy /= np.linalg.norm(noisy, axis=-1, keepdims=True)
-        pooled = noisy.mean(axis=1)
+    half = tokens.shape[1] // 2
+    for start in range(0, rows, chunk):
+        size = min(chunk, rows - start)
+        if start + size <= len(tokens):
+            first = second = np.arange(start, start + size)
+            batch_tokens = tokens[first].copy()
+        else:
+            first = rng.integers(0, len(tokens), size=size)
+            second = rng.integers(0, len(tokens), size=size)
+            batch_tokens = np.concatenate([tokens[first, :half], tokens[second, half:]], axis=1)
+            batch_tokens += noise * rng.standard_normal(batch_tokens.shape, dtype=np.float32)
+            batch_tokens /= np.linalg.norm(batch_tokens, axis=-1, keepdims=True)
+        pooled = batch_tokens.mean(axis=1)
         pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)
-        props = seed.take(pa.array(chosen))
-        batches.append(
-            pa.table(
-                {
-                    "id": pa.array([f"S{start + i:08d}" for i in range(len(chosen))]),
-                    "canonical_smiles": props["canonical_smiles"],
-                    "inchikey": props["inchikey"],
-                    "tokens": multivector_array(noisy.astype(np.float16)),
-                    "pooled": vector_array(pooled.astype(np.float16)),
-                    "mw": props["mw"],
-                    "hbd": props["hbd"],
-                    "model_version": props["model_version"],
-                }
-            )
+        props = seed.take(pa.array(first))
+        yield pa.RecordBatch.from_pydict(
+            {
+                "id": pa.array([f"S{start + i:08d}" for i in range(size)]),
+                "canonical_smiles": props["canonical_smiles"].combine_chunks(),
+                "inchikey": props["inchikey"].combine_chunks(),
+                "tokens": multivector_array(batch_tokens.astype(np.float16)),
+                "pooled": vector_array(pooled.astype(np.float16)),
+                "mw": props["mw"].combine_chunks(),
+                "hbd": props["hbd"].combine_chunks(),
+                "model_version": props["model_version"].combine_chunks(),
+            }
         )
-    return pa.concat_tables(batches)
 
 
-def latencies(call, queries: list[str]) -> dict[str, float]:
+def latencies(call, queries: list[str]) -> tuple[dict[str, float], dict[str, object]]:
+    """Timing of `call` per query (after one warm-up call) and its results by query."""
     call(queries[0])  # warm-up (caches, lazy imports)
-    times = []
+    times, results = [], {}
     for query in queries:
         started = time.perf_counter()
-        call(query)
+        results[query] = call(query)
         times.append(time.perf_counter() - started)
     times_ms = sorted(1000 * t for t in times)
-    return {
+    stats = {
         "p50_ms": statistics.median(times_ms),
         "p95_ms": times_ms[min(len(times_ms) - 1, int(0.95 * len(times_ms)))],
         "queries_per_s": len(times) / sum(times),
     }
+    return stats, results
+
+
+def exact_truth(searcher: CatalogSearcher, queries: list[str], k: int) -> dict[str, list[SearchHit]]:
+    """Exact top-k MaxSim of every query in one streamed pass over the token column."""
+    vectors = torch.stack([searcher.embed_query(q) for q in queries])
+    top_scores = torch.full((len(queries), 0), -2.0)
+    top_ids: list[list[str]] = [[] for _ in queries]
+    scanner = searcher.table.to_lance().scanner(columns=["id", "tokens"], batch_size=8192)
+    for batch in scanner.to_batches():
+        tokens = _tokens_from_arrow(batch.column("tokens"))
+        scores, index, _ = maxsim_topk(vectors.to(tokens.dtype), tokens, k=min(k, batch.num_rows))
+        ids = batch.column("id").to_pylist()
+        merged = torch.cat([top_scores, scores.float()], dim=1)
+        order = merged.topk(min(k, merged.shape[1]), dim=1).indices
+        for q in range(len(queries)):
+            candidates = top_ids[q] + [ids[i] for i in index[q].tolist()]
+            top_ids[q] = [candidates[i] for i in order[q].tolist()]
+        top_scores = merged.gather(1, order)
+    return {
+        query: [
+            SearchHit(id=i, score=float(s), best_token=-1)
+            for i, s in zip(top_ids[q], top_scores[q].tolist(), strict=True)
+        ]
+        for q, query in enumerate(queries)
+    }
+
+
+def recall(
+    found: dict[str, list[str]], truth: dict[str, list[str]], k: int, queries: list[str] | None = None
+) -> float:
+    return float(np.mean([len(set(found[q]) & set(truth[q])) / k for q in queries or truth]))
+
+
+def kth_score_gap(found: dict[str, list], truth: dict[str, list], k: int) -> float:
+    """Mean over queries of (exact k-th best score − k-th score returned): how far below the
+    true top-k the misses are (0 when the top-k is exact)."""
+    return float(np.mean([truth[q][k - 1].score - found[q][min(k, len(found[q])) - 1].score for q in truth]))
 
 
 def measure(rows: int, seed: pa.Table, model, queries: list[str], args: argparse.Namespace, rng) -> dict:
@@ -114,45 +162,90 @@ def measure(rows: int, seed: pa.Table, model, queries: list[str], args: argparse
     shutil.rmtree(workdir, ignore_errors=True)
     db = lancedb.connect(str(workdir))
     started = time.perf_counter()
-    table = db.create_table("molecules", synthetic_table(seed, rows, args.noise, rng))
+    batches = synthetic_batches(seed, rows, args.noise, rng)
+    first = next(batches)
+    table = db.create_table(
+        "molecules", pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
+    )
     write_s = time.perf_counter() - started
     data_bytes = directory_bytes(workdir)
-    searcher = CatalogSearcher(workdir, "molecules", model=model)
-    entry: dict = {"rows": rows, "write_s": write_s, "table_bytes": data_bytes}
+    entry: dict = {
+        "rows": rows,
+        "write_s": write_s,
+        "table_bytes": data_bytes,
+        "table_bytes_per_million_rows": data_bytes * 1e6 / rows,
+    }
+    print(f"{rows} rows written in {write_s:.0f} s", flush=True)
 
-    # Exact, in memory: the brute-force baseline at its best (tokens already loaded).
-    tokens = _tokens_from_arrow(table.to_lance().to_table(columns=["tokens"])["tokens"])
-    ids = table.to_lance().to_table(columns=["id"])["id"].to_pylist()
-    entry["tokens_in_memory_bytes"] = tokens.numel() * tokens.element_size()
+    def searcher(**options) -> CatalogSearcher:  # a fresh handle sees the latest index
+        return CatalogSearcher(workdir, "molecules", model=model, **options)
 
-    def exact_ids(query: str) -> list[str]:
-        vector = searcher.embed_query(query).to(tokens.dtype)
-        _, index, _ = maxsim_topk(vector[None], tokens, k=args.k)
-        return [ids[i] for i in index[0].tolist()]
+    exact = searcher()
+    entry["query_embedding_ms_p50"] = latencies(exact.embed_query, queries)[0]["p50_ms"]
+    truth_hits = exact_truth(exact, queries, args.k)
+    truth = {q: [h.id for h in hits] for q, hits in truth_hits.items()}
+    # The searcher's own exact path, timed on the first queries (each one reads every token).
+    timed = queries[: args.exact_scan_queries]
+    entry["exact_scan"], scanned = latencies(lambda q: exact.search_text(q, k=args.k, exact=True), timed)
+    entry["exact_scan"]["queries"] = len(timed)
+    entry["exact_scan"]["recall_at_10"] = recall(
+        {q: [h.id for h in scanned[q]] for q in timed}, truth, args.k, timed
+    )
+    print("exact scan", entry["exact_scan"], flush=True)
 
-    def indexed(query: str) -> list:
-        return searcher.search_text(query, k=args.k)
+    in_memory_gb = rows * first.column("tokens").nbytes / len(first) * 2 / 1e9  # float32 copy
+    if in_memory_gb <= args.max_in_memory_gb:
+        tokens = _tokens_from_arrow(table.to_lance().to_table(columns=["tokens"])["tokens"])
+        ids = table.to_lance().to_table(columns=["id"])["id"].to_pylist()
+        for dtype in (torch.float16, torch.float32):
+            held = tokens.to(dtype)
 
-    truth = {q: exact_ids(q) for q in queries}
-    entry["exact_in_memory"] = latencies(exact_ids, queries)
-    entry["exact_scan"] = latencies(lambda q: searcher.search_text(q, k=args.k, exact=True), queries)
-    entry["query_embedding_ms_p50"] = latencies(searcher.embed_query, queries)["p50_ms"]
+            def exact_ids(query: str, held=held) -> list[str]:
+                vector = exact.embed_query(query).to(held.dtype)
+                _, index, _ = maxsim_topk(vector[None], held, k=args.k)
+                return [ids[i] for i in index[0].tolist()]
 
-    started = time.perf_counter()
-    index_report = build_index(table, index_type="IVF_HNSW_SQ")
-    entry["index_build_s"] = time.perf_counter() - started
-    entry["index"] = index_report.to_dict()
-    entry["index_bytes_per_million_rows"] = (index_report.size_bytes or 0) * 1e6 / rows
-    entry["table_bytes_per_million_rows"] = data_bytes * 1e6 / rows
-    for refine in (1, 5):
-        searcher.refine_factor = refine
-        found = {q: [h.id for h in indexed(q)] for q in queries}
-        entry[f"index_refine{refine}"] = {
-            **latencies(indexed, queries),
-            "recall_at_10": float(np.mean([len(set(found[q]) & set(truth[q])) / args.k for q in queries])),
-            "min_results": min(len(v) for v in found.values()),
+            name = f"exact_in_memory_{str(dtype).removeprefix('torch.')}"
+            stats, found = latencies(exact_ids, queries)
+            entry[name] = {**stats, "recall_at_10": recall(found, truth, args.k)}
+            print(name, entry[name], flush=True)
+            del held
+        del tokens
+    else:
+        entry["exact_in_memory"] = f"skipped: a float32 copy needs {in_memory_gb:.0f} GB"
+
+    for index_type in args.index_types:
+        started = time.perf_counter()
+        report = build_index(table, index_type=index_type, num_partitions=args.num_partitions)
+        result: dict = {
+            "build_s": time.perf_counter() - started,
+            "index": report.to_dict(),
+            "index_bytes_per_million_rows": (report.size_bytes or 0) * 1e6 / rows,
         }
+        print(f"{index_type} built in {result['build_s']:.0f} s", flush=True)
+        settings = [
+            (n, r, c) for n in args.nprobes for r in args.refine_factors for c in args.candidate_factors
+        ]
+        for nprobes, refine, candidates in settings:
+            indexed = searcher(nprobes=nprobes, refine_factor=refine, candidate_factor=candidates)
+            assert indexed.has_index()
+            stats, hits = latencies(lambda q, s=indexed: s.search_text(q, k=args.k), queries)
+            found = {q: [h.id for h in found_hits] for q, found_hits in hits.items()}
+            name = f"nprobes{nprobes}_refine{refine}_candidates{candidates}"
+            result[name] = {
+                **stats,
+                "recall_at_10": recall(found, truth, args.k),
+                "kth_score_gap": kth_score_gap(hits, truth_hits, args.k),
+                "min_results": min(len(v) for v in found.values()),
+            }
+            print(index_type, name, result[name], flush=True)
+        entry[index_type] = result
     return entry
+
+
+def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    yield first
+    yield from rest
 
 
 def main() -> None:
@@ -161,14 +254,25 @@ def main() -> None:
     parser.add_argument("--seed-table", default="molecules")
     parser.add_argument("--model", default=None, help="the checkpoint that embedded the seed table")
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
-    parser.add_argument("--noise", type=float, default=0.05)
+    parser.add_argument("--index-types", nargs="*", default=["IVF_SQ"])
+    parser.add_argument("--num-partitions", type=int, default=None, help="default: build_index's rule")
+    parser.add_argument("--nprobes", type=int, nargs="+", default=[10, 20, 40])
+    parser.add_argument("--refine-factors", type=int, nargs="+", default=[5])
+    parser.add_argument(
+        "--candidate-factors", type=int, nargs="+", default=[4], help="ANN rows per result, re-scored"
+    )
+    parser.add_argument("--max-in-memory-gb", type=float, default=6.0)
+    parser.add_argument("--exact-scan-queries", type=int, default=16, help="queries timed on the exact path")
+    parser.add_argument("--noise", type=float, default=0.02)
     parser.add_argument("--workdir", default="runs/bench_search")
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
     seed_searcher = CatalogSearcher(args.seed_db, args.seed_table, checkpoint=args.model)
-    seed = seed_searcher.table.to_arrow()
+    seed = seed_searcher.table.to_lance().to_table(
+        columns=["canonical_smiles", "inchikey", "tokens", "mw", "hbd", "model_version"]
+    )
     model = seed_searcher.model
     queries = QUERIES
     report: dict = {

@@ -3,7 +3,7 @@
     mvclam search "a beta-lactam antibiotic" --db catalog_db --table molecules -k 10 \\
         [--where "mw < 500 AND hbd <= 5"] [--smarts "C1C(=O)NC1"] [--rerank] [--exact] [--json]
     mvclam search --smiles "CC(=O)Oc1ccccc1C(=O)O" --db catalog_db --table molecules [--by pooled]
-    mvclam index --db catalog_db --table molecules [--index-type auto|none|IVF_HNSW_SQ|...]
+    mvclam index --db catalog_db --table molecules [--index-type auto|none|IVF_SQ|...]
     mvclam serve --db catalog_db --table molecules [--port 8000]       # API + web page (jobs/serve.py)
 """
 
@@ -44,6 +44,23 @@ def _format_table(hits: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _index_options(args: argparse.Namespace) -> dict[str, int]:
+    return {"nprobes": args.nprobes, "refine_factor": args.refine_factor}
+
+
+def _add_index_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nprobes", type=int, default=20, help="IVF partitions probed per query (more when too few match)"
+    )
+    parser.add_argument(
+        "--refine-factor",
+        type=int,
+        default=0,
+        help="LanceDB re-ranks refine_factor x candidates by exact distance first (0: off; the "
+        "candidates are always re-scored by exact MaxSim)",
+    )
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from mvclam.engine.search import CatalogSearcher, SearchError
 
@@ -51,7 +68,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         print("give either a query text or --smiles", file=sys.stderr)
         return 2
     try:
-        searcher = CatalogSearcher(args.db, args.table, checkpoint=args.model)
+        searcher = CatalogSearcher(args.db, args.table, checkpoint=args.model, **_index_options(args))
         if args.query:
             hits = searcher.search_text(
                 args.query,
@@ -115,7 +132,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from mvclam.jobs.serve import serve
 
-    serve(args.db, args.table, model=args.model, host=args.host, port=args.port)
+    serve(args.db, args.table, model=args.model, host=args.host, port=args.port, **_index_options(args))
     return 0
 
 
@@ -144,6 +161,7 @@ def add_search_subcommands(sub: argparse._SubParsersAction) -> None:
         "--by", choices=("tokens", "pooled"), default="tokens", help="similarity for --smiles"
     )
     search.add_argument("--json", action="store_true", help="JSON output with every stored column")
+    _add_index_options(search)
     search.set_defaults(handler=_cmd_search)
 
     index = sub.add_parser("index", help="build or refresh the ANN index of a catalog table")
@@ -166,4 +184,5 @@ def add_search_subcommands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
+    _add_index_options(serve)
     serve.set_defaults(handler=_cmd_serve)

@@ -154,8 +154,16 @@ def create_app(searcher: CatalogSearcher):
     return app
 
 
-def serve(db: str, table: str, model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    db: str,
+    table: str,
+    model: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    nprobes: int = 20,
+    refine_factor: int = 0,
+) -> None:
     import uvicorn
 
-    searcher = CatalogSearcher(db, table, checkpoint=model)
+    searcher = CatalogSearcher(db, table, checkpoint=model, nprobes=nprobes, refine_factor=refine_factor)
     uvicorn.run(create_app(searcher), host=host, port=port, log_level="info")

@@ -38,12 +38,15 @@ def _check_maxsim_inputs(
     check_same_device(queries=queries, tokens=tokens, token_mask=token_mask)
 
 
-def _auto_chunk(t: int, q: int, chunk_size: int | None) -> int:
+def _auto_chunk(t: int, q: int, d: int, chunk_size: int | None) -> int:
+    """Molecules per step: bounds both the (T, chunk, Q) similarity block and the float32 copy of a
+    float16/bfloat16 token chunk (chunk, Q, D); without the second bound one query (T = 1) would
+    convert the whole table at once, which is several times slower than cache-sized chunks."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return int(chunk_size)
-    return max(1, _REF_BLOCK_ELEMS // max(1, t * q))
+    return max(1, _REF_BLOCK_ELEMS // max(1, t * q, q * d))
 
 
 def _maxsim_chunk(
@@ -106,7 +109,7 @@ def _maxsim_chunked(
     want_argmax: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     t, m, q = queries.shape[0], tokens.shape[0], tokens.shape[1]
-    chunk = _auto_chunk(t, q, chunk_size)
+    chunk = _auto_chunk(t, q, tokens.shape[2], chunk_size)
     qf = queries.float()
     scores = torch.empty((t, m), dtype=torch.float32, device=queries.device)
     best = torch.empty((t, m), dtype=torch.int64, device=queries.device) if want_argmax else None
@@ -157,7 +160,7 @@ def maxsim_topk_reference(
     top_b = torch.empty((t, 0), dtype=torch.int64, device=dev)
     if kk == 0:
         return top_s, top_i, top_b
-    chunk = max(_auto_chunk(t, max(q, 1), chunk_size), 1)
+    chunk = max(_auto_chunk(t, max(q, 1), tokens.shape[2], chunk_size), 1)
     for s in range(0, m, chunk):
         e = min(m, s + chunk)
         sc, bt = maxsim_reference(

@@ -20,6 +20,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,10 @@ RESULT_COLUMNS = (
 CAPTION_COLUMNS = ("caption", "caption_model_version")
 MAX_K = 1000
 MAX_CANDIDATES = 20_000
+# A long-lived searcher (the HTTP service) re-reads the table's latest version at most this often,
+# so rows embedded or captioned and indexes built by nightly jobs show up without a restart.
+REFRESH_SECONDS = 5.0
+DEFAULT_NPROBES = 20  # LanceDB's default; more only when these hold fewer rows than the candidates asked
 
 
 @dataclass
@@ -111,14 +116,16 @@ class CatalogSearcher:
         table: str,
         model: MVCLAM | None = None,
         checkpoint: str | Path | None = None,
-        refine_factor: int = 5,
+        refine_factor: int = 0,
         candidate_factor: int = 4,
+        nprobes: int = DEFAULT_NPROBES,
+        refresh_seconds: float = REFRESH_SECONDS,
     ):
         import lancedb
 
         from mvclam.engine.embedder import load_model
 
-        self.db = lancedb.connect(str(db))
+        self.db = lancedb.connect(str(db), read_consistency_interval=timedelta(seconds=refresh_seconds))
         if table not in self.db.table_names():
             raise SearchError(f"no table {table!r} in {db} (tables: {sorted(self.db.table_names())})")
         self.table: lancedb.table.Table = self.db.open_table(table)
@@ -126,6 +133,7 @@ class CatalogSearcher:
         self.model.eval()
         self.refine_factor = refine_factor
         self.candidate_factor = candidate_factor
+        self.nprobes = nprobes  # IVF partitions probed at least, per query
         self.version_filter = f"model_version = {_quote(self.model.model_version)}"
         if self.table.count_rows(self.version_filter) == 0:
             versions = self.stored_versions()
@@ -216,17 +224,15 @@ class CatalogSearcher:
         """ANN candidates from the token index (one search per query vector), re-scored exactly
         from their stored tokens: MaxSim for a text, token-set similarity for a molecule."""
         candidates: dict[str, torch.Tensor] = {}
+        wanted = limit * self.candidate_factor
         for vector in query if query.ndim == 2 else query[None]:
             try:
-                found = (
-                    self.table.search(vector.numpy(), vector_column_name=TOKEN_COLUMN)
-                    .distance_type("cosine")
-                    .where(self._where(where), prefilter=True)
-                    .limit(limit * self.candidate_factor)
-                    .refine_factor(self.refine_factor)
-                    .select(["id", TOKEN_COLUMN])
-                    .to_arrow()
-                )
+                found = self._ann_query(vector, wanted, where, adaptive=False)
+                if found.num_rows < wanted:
+                    # With many near-duplicate tokens k-means leaves empty partitions, and the
+                    # ones nearest a text vector can be empty: then probe on until enough rows
+                    # are found (slower, so only when the fixed probes came up short).
+                    found = self._ann_query(vector, wanted, where, adaptive=True)
             except (OSError, ValueError, RuntimeError) as error:
                 raise SearchError(f"invalid filter {where!r}: {error}") from error
             if found.num_rows:
@@ -246,6 +252,24 @@ class CatalogSearcher:
             best = torch.full((len(ids),), -1, dtype=torch.long)
         order = torch.sort(scores, descending=True, stable=True).indices[:limit]
         return [ids[i] for i in order.tolist()], scores[order], best[order]
+
+    def _ann_query(self, vector: torch.Tensor, limit: int, where: str | None, adaptive: bool) -> pa.Table:
+        # Only id and tokens: the stored columns of the final top-k are fetched afterwards, which
+        # is cheaper than materialising them for every candidate.
+        builder = (
+            self.table.search(vector.numpy(), vector_column_name=TOKEN_COLUMN)
+            .distance_type("cosine")
+            .where(self._where(where), prefilter=True)
+            .limit(limit)
+            .select(["id", TOKEN_COLUMN, "_distance"])  # naming _distance silences a warning
+        )
+        if self.refine_factor > 1:  # LanceDB re-ranks refine_factor x limit rows by exact distance
+            builder = builder.refine_factor(self.refine_factor)
+        if adaptive:
+            builder = builder.minimum_nprobes(self.nprobes).maximum_nprobes(0)
+        else:
+            builder = builder.nprobes(self.nprobes)
+        return builder.to_arrow()
 
     def _ranked(
         self,
