@@ -48,9 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="CSV(.gz) with a SMILES column")
     parser.add_argument("--molecules", type=int, default=200)
-    parser.add_argument(
-        "--model", default=None, help="checkpoint (default: the shipped trained model)"
-    )
+    parser.add_argument("--model", default=None, help="checkpoint (default: the shipped trained model)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--num-beams", type=int, default=1)
