@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
     from mvclam.engine.models.mvclam import MVCLAM
 
-# LanceDB's multi-vector search returns fewer than k rows when a molecule's tokens are
-# near-duplicates unless it over-fetches per token (the variable is read once per process).
+# LanceDB's multi-vector search returns fewer rows than asked when a molecule's tokens are
+# near-duplicates unless it over-fetches per token (read once per process); the searcher's
+# adaptive-probe retry covers what remains.
 os.environ.setdefault("LANCE_XTR_OVERFETCH", "64")
 
 # Stored columns returned with each hit (vectors and views are internal; they stay on disk).
