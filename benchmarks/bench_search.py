@@ -23,6 +23,7 @@ Measured side by side in one run, on the same table and queries:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -41,6 +42,7 @@ from mvclam.engine.search import CatalogSearcher, build_index
 from mvclam.engine.search.searcher import SearchHit, _tokens_from_arrow
 from mvclam.engine.store.schema import multivector_array, vector_array
 from mvclam.kernels import maxsim_topk
+from mvclam.kernels.maxsim import merge_topk
 
 QUERIES = [
     "a beta-lactam antibiotic active against gram-negative bacteria",
@@ -123,23 +125,19 @@ def latencies(call, queries: list[str]) -> tuple[dict[str, float], dict[str, obj
 def exact_truth(searcher: CatalogSearcher, queries: list[str], k: int) -> dict[str, list[SearchHit]]:
     """Exact top-k MaxSim of every query in one streamed pass over the token column."""
     vectors = torch.stack([searcher.embed_query(q) for q in queries])
-    top_scores = torch.full((len(queries), 0), -2.0)
-    top_ids: list[list[str]] = [[] for _ in queries]
+    top = (torch.empty(len(queries), 0), torch.empty(len(queries), 0, dtype=torch.long))
+    ids: list[str] = []
     scanner = searcher.table.to_lance().scanner(columns=["id", "tokens"], batch_size=8192)
     for batch in scanner.to_batches():
         tokens = _tokens_from_arrow(batch.column("tokens"))
         scores, index, _ = maxsim_topk(vectors.to(tokens.dtype), tokens, k=min(k, batch.num_rows))
-        ids = batch.column("id").to_pylist()
-        merged = torch.cat([top_scores, scores.float()], dim=1)
-        order = merged.topk(min(k, merged.shape[1]), dim=1).indices
-        for q in range(len(queries)):
-            candidates = top_ids[q] + [ids[i] for i in index[q].tolist()]
-            top_ids[q] = [candidates[i] for i in order[q].tolist()]
-        top_scores = merged.gather(1, order)
+        scores, index = torch.cat([top[0], scores.float()], 1), torch.cat([top[1], index + len(ids)], 1)
+        top = merge_topk(scores, index, torch.zeros_like(index), k)[:2]
+        ids.extend(batch.column("id").to_pylist())
     return {
         query: [
-            SearchHit(id=i, score=float(s), best_token=-1)
-            for i, s in zip(top_ids[q], top_scores[q].tolist(), strict=True)
+            SearchHit(id=ids[i], score=float(s), best_token=-1)
+            for i, s in zip(top[1][q].tolist(), top[0][q].tolist(), strict=True)
         ]
         for q, query in enumerate(queries)
     }
@@ -165,7 +163,7 @@ def measure(rows: int, seed: pa.Table, model, queries: list[str], args: argparse
     batches = synthetic_batches(seed, rows, args.noise, rng)
     first = next(batches)
     table = db.create_table(
-        "molecules", pa.RecordBatchReader.from_batches(first.schema, _chain(first, batches))
+        "molecules", pa.RecordBatchReader.from_batches(first.schema, itertools.chain([first], batches))
     )
     write_s = time.perf_counter() - started
     data_bytes = directory_bytes(workdir)
@@ -243,11 +241,6 @@ def measure(rows: int, seed: pa.Table, model, queries: list[str], args: argparse
     return entry
 
 
-def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield first
-    yield from rest
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed-db", required=True, help="a LanceDB directory written by `mvclam embed`")
@@ -257,7 +250,7 @@ def main() -> None:
     parser.add_argument("--index-types", nargs="*", default=["IVF_SQ"])
     parser.add_argument("--num-partitions", type=int, default=None, help="default: build_index's rule")
     parser.add_argument("--nprobes", type=int, nargs="+", default=[10, 20, 40])
-    parser.add_argument("--refine-factors", type=int, nargs="+", default=[5])
+    parser.add_argument("--refine-factors", type=int, nargs="+", default=[0])
     parser.add_argument(
         "--candidate-factors", type=int, nargs="+", default=[4], help="ANN rows per result, re-scored"
     )
