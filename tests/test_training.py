@@ -19,7 +19,7 @@ from mvclam.engine.models import MVCLAM
 from mvclam.engine.training import TrainConfig, train_loop
 from mvclam.engine.training.loop import epoch_batches
 from mvclam.engine.training.state import replace_directory
-from mvclam.engine.training.tasks import Stage1Task
+from mvclam.engine.training.tasks import Stage1Task, build_model
 from mvclam.engine.views import MoleculeViews, compute_views
 
 SMILES = [
@@ -172,6 +172,19 @@ def test_replace_directory_keeps_the_old_checkpoint_until_the_new_one_is_complet
     replace_directory(staging, final)
     assert (final / "marker").read_text() == "new" and not staging.exists()
     assert not (tmp_path / "last.old").exists()
+
+
+def test_init_from_takes_loss_overrides_and_refuses_architecture_changes(tmp_path):
+    source = MVCLAM(tiny_config())
+    source.save_pretrained(tmp_path / "phase1")
+    phase2 = TrainConfig(init_from=str(tmp_path / "phase1"), model_overrides=["loss.matching_weight=0"])
+    model = build_model(phase2)
+    assert model.config.loss.matching_weight == 0
+    assert model.config.loss.contrastive_weight == source.config.loss.contrastive_weight
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="only loss"):
+        build_model(TrainConfig(init_from=str(tmp_path / "phase1"), model_overrides=["qformer.num_layers=2"]))
 
 
 def test_too_little_data_is_a_clear_error(tmp_path, toy_data):

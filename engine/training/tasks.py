@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mvclam.engine.models import MVCLAM, load_config
+from mvclam.engine.models.config import MVCLAMConfig, apply_overrides
 from mvclam.engine.training.loop import PairData, TrainConfig, TrainingTask
 from mvclam.engine.views import MoleculeViews, collate_views
 
@@ -121,9 +122,18 @@ class Stage2Task:
 
 
 def build_model(config: TrainConfig) -> MVCLAM:
-    if config.init_from:
-        return MVCLAM.from_pretrained(config.init_from)
-    return MVCLAM(load_config(config.model_config, config.model_overrides))
+    if not config.init_from:
+        return MVCLAM(load_config(config.model_config, config.model_overrides))
+    model = MVCLAM.from_pretrained(config.init_from)
+    # The architecture comes from the checkpoint; only the loss settings may change between phases
+    # (e.g. continue without the matching loss).
+    not_loss = [item for item in config.model_overrides if not item.strip().startswith("loss.")]
+    if not_loss:
+        raise ValueError(f"with init_from only loss.* overrides apply (the checkpoint fixes the rest): {not_loss}")
+    if config.model_overrides:
+        data = apply_overrides(model.config.to_dict(), config.model_overrides)
+        model.config.loss = MVCLAMConfig.from_dict(data).loss
+    return model
 
 
 def build_task(config: TrainConfig) -> TrainingTask:
