@@ -129,7 +129,9 @@ def build_model(config: TrainConfig) -> MVCLAM:
     # (e.g. continue without the matching loss).
     not_loss = [item for item in config.model_overrides if not item.strip().startswith("loss.")]
     if not_loss:
-        raise ValueError(f"with init_from only loss.* overrides apply (the checkpoint fixes the rest): {not_loss}")
+        raise ValueError(
+            f"with init_from only loss.* overrides apply (the checkpoint fixes the rest): {not_loss}"
+        )
     if config.model_overrides:
         data = apply_overrides(model.config.to_dict(), config.model_overrides)
         model.config.loss = MVCLAMConfig.from_dict(data).loss
