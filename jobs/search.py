@@ -45,18 +45,23 @@ def _format_table(hits: list[dict[str, Any]]) -> str:
 
 
 def _index_options(args: argparse.Namespace) -> dict[str, int]:
-    return {"nprobes": args.nprobes, "refine_factor": args.refine_factor}
+    """Only the options given on the command line: CatalogSearcher owns the defaults."""
+    given = {"nprobes": args.nprobes, "refine_factor": args.refine_factor}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _add_index_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--nprobes", type=int, default=20, help="IVF partitions probed per query (more when too few match)"
+        "--nprobes",
+        type=int,
+        default=None,
+        help="IVF partitions probed per query (default: the searcher's, 20; more when too few match)",
     )
     parser.add_argument(
         "--refine-factor",
         type=int,
-        default=0,
-        help="LanceDB re-ranks refine_factor x candidates by exact distance first (0: off; the "
+        default=None,
+        help="LanceDB re-ranks refine_factor x candidates by exact distance first (default: off; the "
         "candidates are always re-scored by exact MaxSim)",
     )
 

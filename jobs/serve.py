@@ -160,10 +160,10 @@ def serve(
     model: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    nprobes: int = 20,
-    refine_factor: int = 0,
+    **searcher_options: Any,
 ) -> None:
+    """Serve the API and web page; ``searcher_options`` go to CatalogSearcher (e.g. nprobes)."""
     import uvicorn
 
-    searcher = CatalogSearcher(db, table, checkpoint=model, nprobes=nprobes, refine_factor=refine_factor)
+    searcher = CatalogSearcher(db, table, checkpoint=model, **searcher_options)
     uvicorn.run(create_app(searcher), host=host, port=port, log_level="info")
