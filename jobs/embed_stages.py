@@ -19,8 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from rdkit import Chem, rdBase
-from rdkit.Chem import Crippen, Descriptors, rdMolDescriptors
+from rdkit import rdBase
 
 from mvclam.engine.store import PROPERTY_FIELDS, TOKEN_DTYPES, multivector_array, vector_array
 from mvclam.engine.views import VIEW_SCHEMA, ViewConfig, compute_views_batch, views_to_arrow
@@ -33,20 +32,6 @@ VIEW_FIELDS: tuple[pa.Field, ...] = tuple(VIEW_SCHEMA)
 
 def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-
-
-def molecule_properties(smiles: str) -> tuple[float, float, int, int, float, int, int]:
-    """(MW, logP, HBD, HBA, TPSA, rotatable bonds, heavy atoms) of a canonical SMILES."""
-    mol = Chem.MolFromSmiles(smiles)
-    return (
-        Descriptors.MolWt(mol),
-        Crippen.MolLogP(mol),
-        rdMolDescriptors.CalcNumHBD(mol),
-        rdMolDescriptors.CalcNumHBA(mol),
-        rdMolDescriptors.CalcTPSA(mol),
-        rdMolDescriptors.CalcNumRotatableBonds(mol),
-        mol.GetNumHeavyAtoms(),
-    )
 
 
 _DONE_CACHE: dict[Any, pa.Array] = {}
@@ -78,7 +63,9 @@ def compute_view_rows(
     inputs = batch["input"].to_pylist()
     todo = [i for i in range(n) if not skipped[i] and read_errors[i] is None]
     with rdBase.BlockLogs():
-        results = compute_views_batch([inputs[i] for i in todo], ViewConfig.from_dict(view_config))
+        results = compute_views_batch(
+            [inputs[i] for i in todo], ViewConfig.from_dict(view_config), with_properties=True
+        )
 
     status = np.where(skipped, STATUS_SKIPPED, STATUS_FAILED).astype(object)
     codes: list[str | None] = [
@@ -91,7 +78,7 @@ def compute_view_rows(
             status[row] = STATUS_OK
             good_rows.append(row)
             good_views.append(result.views)
-            properties.append(molecule_properties(result.views.canonical_smiles))
+            properties.append(result.properties)
         else:
             codes[row], reasons[row] = result.error.code.value, result.error.reason
 

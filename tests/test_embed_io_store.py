@@ -13,12 +13,14 @@ import pytest
 
 from mvclam.engine.store import (
     ERRORS_SCHEMA,
+    PROPERTY_FIELDS,
     CatalogStore,
     embeddings_schema,
     multivector_array,
     sql_in_list,
     vector_array,
 )
+from mvclam.engine.views import MoleculeProperties
 from mvclam.jobs.embed_io import catalog_format, read_catalog_file, resolve_inputs
 
 
@@ -167,3 +169,8 @@ def test_reconcile_repairs_an_id_left_in_both_tables(tmp_path):
 
 def test_sql_in_list_quotes():
     assert sql_in_list(["a'b", "c"]) == "id IN ('a''b','c')"
+
+
+def test_property_columns_follow_the_computed_properties():
+    # The views stage zips MoleculeProperties into these columns by position.
+    assert MoleculeProperties._fields == tuple(field.name for field in PROPERTY_FIELDS)

@@ -19,7 +19,7 @@ from mvclam.engine.models import MVCLAM
 from mvclam.engine.training import TrainConfig, train_loop
 from mvclam.engine.training.loop import epoch_batches
 from mvclam.engine.training.state import replace_directory
-from mvclam.engine.training.tasks import Stage1Task, build_model
+from mvclam.engine.training.tasks import Stage1Task, build_model, build_task
 from mvclam.engine.views import MoleculeViews, compute_views
 
 SMILES = [
@@ -185,6 +185,34 @@ def test_init_from_takes_loss_overrides_and_refuses_architecture_changes(tmp_pat
         assert torch.equal(model.state_dict()[name], tensor), name
     with pytest.raises(ValueError, match="only loss"):
         build_model(TrainConfig(init_from=str(tmp_path / "phase1"), model_overrides=["qformer.num_layers=2"]))
+
+
+def test_trainable_prefixes_refit_only_the_matching_head(tmp_path, toy_data):
+    source = MVCLAM(tiny_config())
+    source.save_pretrained(tmp_path / "phase2")
+    run = config(
+        tmp_path / "head",
+        init_from=str(tmp_path / "phase2"),
+        trainable=["matching_head"],
+        model_overrides=["loss.contrastive_weight=0", "loss.captioning_weight=0"],
+        epochs=1,
+        batch_size=4,
+        eval_every=2,
+        eval_batches=1,
+    )
+    task = build_task(TrainConfig.from_dict(run))
+    before = {n: p.detach().clone() for n, p in task.module.named_parameters()}
+    assert {n for n, p in task.module.named_parameters() if p.requires_grad} == {
+        "matching_head.weight",
+        "matching_head.bias",
+    }
+    train_loop(run, task=task, data=toy_data)
+    changed = {n for n, p in task.module.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"matching_head.weight", "matching_head.bias"}
+    with pytest.raises(ValueError, match="match no parameter"):
+        build_task(TrainConfig(init_from=str(tmp_path / "phase2"), trainable=["no_such_module"]))
+    with pytest.raises(ValueError, match="applies to stage1"):
+        build_task(TrainConfig(stage="stage2", init_from=str(tmp_path / "phase2"), trainable=["x"]))
 
 
 def test_too_little_data_is_a_clear_error(tmp_path, toy_data):

@@ -49,6 +49,7 @@ from mvclam.engine.views import (
     compute_views,
     compute_views_batch,
     inchikey,
+    molecule_properties,
     standardize,
     views_from_arrow,
     views_to_arrow,
@@ -585,6 +586,22 @@ def test_batch_wraps_unexpected_exceptions(monkeypatch):
     assert results[0].error.reason == "RuntimeError: boom"
     assert isinstance(results[0].error.__cause__, RuntimeError)
     assert compute_views_batch([]) == []
+
+
+def test_batch_properties_are_those_of_the_standardised_molecule():
+    # Non-canonical aspirin, its sodium salt (the counter-ion is dropped first) and a bad row.
+    inputs = ["OC(=O)c1ccccc1OC(C)=O", "CC(=O)Oc1ccccc1C(=O)[O-].[Na+]", "C1CC"]
+    results = compute_views_batch(inputs, with_properties=True)
+    assert [r.ok for r in results] == [True, True, False]
+    aspirin = results[0].properties
+    assert aspirin.mw == pytest.approx(180.159, abs=1e-3)
+    assert (aspirin.hbd, aspirin.hba, aspirin.rotatable_bonds, aspirin.heavy_atoms) == (1, 3, 2, 13)
+    assert aspirin.tpsa == pytest.approx(63.6, abs=1e-6)
+    for result in results[:2]:  # equal to a fresh parse of the stored canonical SMILES
+        assert result.properties == molecule_properties(Chem.MolFromSmiles(result.views.canonical_smiles))
+    assert results[1].properties.mw < aspirin.mw  # carboxylate: one hydrogen fewer
+    assert results[2].properties is None
+    assert all(r.properties is None for r in compute_views_batch(inputs[:2]))  # not asked for
 
 
 # --- Arrow -------------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ class TrainConfig:
     model_config: str = "small"
     model_overrides: list[str] = field(default_factory=list)
     init_from: str | None = None  # checkpoint to start from (pre-trained stage 1, or stage 1 for stage 2)
+    # Stage 1: train only parameters whose names start with one of these prefixes (empty = all), e.g.
+    # ["matching_head"] re-fits the re-ranking head without moving a single embedding.
+    trainable: list[str] = field(default_factory=list)
     epochs: int = 10
     max_steps: int | None = None
     time_limit_minutes: float | None = None  # stop (with a checkpoint) after this much training time

@@ -138,9 +138,25 @@ def build_model(config: TrainConfig) -> MVCLAM:
     return model
 
 
+def restrict_trainable(model: nn.Module, prefixes: list[str]) -> None:
+    """Freeze every parameter whose name starts with none of `prefixes` (already frozen ones stay so)."""
+    matched = 0
+    for name, parameter in model.named_parameters():
+        keep = any(name.startswith(prefix) for prefix in prefixes)
+        matched += keep
+        parameter.requires_grad_(parameter.requires_grad and keep)
+    if not matched:
+        raise ValueError(f"trainable prefixes {prefixes} match no parameter of the model")
+
+
 def build_task(config: TrainConfig) -> TrainingTask:
     if config.stage == "stage1":
-        return Stage1Task(build_model(config))
+        model = build_model(config)
+        if config.trainable:
+            restrict_trainable(model, config.trainable)
+        return Stage1Task(model)
+    if config.trainable:
+        raise ValueError("trainable applies to stage1; stage 2 trains its projector and LoRA only")
     if config.stage == "stage2":
         if not config.init_from:
             raise ValueError("stage2 needs init_from: the stage-1 checkpoint whose query outputs it captions")

@@ -49,6 +49,7 @@ from .molecule_views import (
     compute_views,
     compute_views_batch,
 )
+from .properties import MoleculeProperties, molecule_properties
 from .standardize import canonical_smiles, inchikey, standardize
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ __all__ = [
     "ConformerError",
     "EmptyInputError",
     "InchiKeyError",
+    "MoleculeProperties",
     "MoleculeViews",
     "NoHeavyAtomsError",
     "SanitizationError",
@@ -102,6 +104,7 @@ __all__ = [
     "compute_views",
     "compute_views_batch",
     "inchikey",
+    "molecule_properties",
     "standardize",
     "views_from_arrow",
     "views_to_arrow",
