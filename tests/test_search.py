@@ -122,8 +122,13 @@ def test_index_path_returns_exactly_k_and_matches_exact(catalog, tmp_path):
     for text in QUERIES:
         hits = indexed.search_text(text, k=10)
         assert len(hits) == 10  # never fewer than k (LANCE_XTR_OVERFETCH)
-        exact_ids = [h.id for h in indexed.search_text(text, k=10, exact=True)]
+        exact_hits = indexed.search_text(text, k=10, exact=True)
+        exact_ids = [h.id for h in exact_hits]
         recall.append(len({h.id for h in hits} & set(exact_ids)) / 10)
+        # The index path reads the result columns in its ANN query: the same stored values.
+        exact_columns = {h.id: h.columns for h in exact_hits}
+        assert all(set(h.columns) == set(indexed.result_columns) for h in hits)
+        assert all(h.columns == exact_columns[h.id] for h in hits if h.id in exact_columns)
         # Index candidates are re-scored exactly: scores agree with brute force for the same ids.
         ids, scores = brute_force(indexed, text)
         by_id = dict(zip(ids, scores, strict=True))

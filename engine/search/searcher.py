@@ -221,10 +221,13 @@ class CatalogSearcher:
 
     def _index_candidates(
         self, query: torch.Tensor, limit: int, where: str | None
-    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    ) -> tuple[list[str], torch.Tensor, torch.Tensor, dict[str, dict[str, Any]]]:
         """ANN candidates from the token index (one search per query vector), re-scored exactly
-        from their stored tokens: MaxSim for a text, token-set similarity for a molecule."""
+        from their stored tokens: MaxSim for a text, token-set similarity for a molecule. Also
+        returns the result columns of the top `limit`, read by the same ANN query: a second
+        lookup by id cost ~9 ms per query, a fifth of the whole search at 10k molecules."""
         candidates: dict[str, torch.Tensor] = {}
+        columns: dict[str, dict[str, Any]] = {}
         wanted = limit * self.candidate_factor
         for vector in query if query.ndim == 2 else query[None]:
             try:
@@ -237,12 +240,12 @@ class CatalogSearcher:
             except (OSError, ValueError, RuntimeError) as error:
                 raise SearchError(f"invalid filter {where!r}: {error}") from error
             if found.num_rows:
-                for i, tokens in zip(
-                    found["id"].to_pylist(), _tokens_from_arrow(found[TOKEN_COLUMN]), strict=True
-                ):
-                    candidates.setdefault(i, tokens)
+                rows = found.select(self.result_columns).to_pylist()
+                for row, tokens in zip(rows, _tokens_from_arrow(found[TOKEN_COLUMN]), strict=True):
+                    candidates.setdefault(row["id"], tokens)
+                    columns.setdefault(row["id"], row)
         if not candidates:
-            return [], torch.empty(0), torch.empty(0, dtype=torch.long)
+            return [], torch.empty(0), torch.empty(0, dtype=torch.long), {}
         ids = list(candidates)
         tokens = torch.stack(list(candidates.values()))
         if query.ndim == 1:
@@ -252,17 +255,18 @@ class CatalogSearcher:
             scores = token_set_similarity(query, tokens)
             best = torch.full((len(ids),), -1, dtype=torch.long)
         order = torch.sort(scores, descending=True, stable=True).indices[:limit]
-        return [ids[i] for i in order.tolist()], scores[order], best[order]
+        top_ids = [ids[i] for i in order.tolist()]
+        return top_ids, scores[order], best[order], {i: columns[i] for i in top_ids}
 
     def _ann_query(self, vector: torch.Tensor, limit: int, where: str | None, adaptive: bool) -> pa.Table:
-        # Only id and tokens: the stored columns of the final top-k are fetched afterwards, which
-        # is cheaper than materialising them for every candidate.
+        # The tokens (for the exact re-score) and the small result columns; naming _distance
+        # silences a warning.
         builder = (
             self.table.search(vector.numpy(), vector_column_name=TOKEN_COLUMN)
             .distance_type("cosine")
             .where(self._where(where), prefilter=True)
             .limit(limit)
-            .select(["id", TOKEN_COLUMN, "_distance"])  # naming _distance silences a warning
+            .select([*self.result_columns, TOKEN_COLUMN, "_distance"])
         )
         if self.refine_factor > 1:  # LanceDB re-ranks refine_factor x limit rows by exact distance
             builder = builder.refine_factor(self.refine_factor)
@@ -287,12 +291,11 @@ class CatalogSearcher:
         use_index = vector_column == TOKEN_COLUMN and not exact and self.has_index()
         limit = k if pattern is None else 4 * k
         while True:
-            ids, scores, best = (
-                self._index_candidates(query, limit, where)
-                if use_index
-                else self._exact_candidates(query, limit, where, vector_column)
-            )
-            rows = self._fetch(ids, self.result_columns)
+            if use_index:
+                ids, scores, best, rows = self._index_candidates(query, limit, where)
+            else:
+                ids, scores, best = self._exact_candidates(query, limit, where, vector_column)
+                rows = self._fetch(ids, self.result_columns)
             hits = [
                 SearchHit(id=i, score=float(s), best_token=int(b), columns=rows[i])
                 for i, s, b in zip(ids, scores.tolist(), best.tolist(), strict=True)
