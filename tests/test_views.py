@@ -588,6 +588,24 @@ def test_batch_wraps_unexpected_exceptions(monkeypatch):
     assert compute_views_batch([]) == []
 
 
+@pytest.mark.parametrize(
+    "smiles",
+    [
+        "CC(=O)Oc1ccccc1C(=O)O",
+        "C[N+](C)(C)CC(=O)[O-]",  # zwitterion
+        "c1ccc2[nH]ccc2c1",  # aromatic N-H
+        "O=S(=O)(N)c1ccc(Cl)cc1",
+        "C[C@H](N)C(=O)O",
+        "FC(F)(F)c1ncc(Br)s1",
+        "OP(=O)(O)OC[C@H]1O[C@@H](n2cnc3c(N)ncnc32)[C@H](O)[C@@H]1O",
+    ],
+)
+def test_properties_with_given_hydrogens_equal_the_plain_call(smiles):
+    # The views stage passes its AddHs copy so Crippen does not add hydrogens a second time.
+    mol = Chem.MolFromSmiles(smiles)
+    assert molecule_properties(mol, Chem.AddHs(mol)) == molecule_properties(mol)
+
+
 def test_batch_properties_are_those_of_the_standardised_molecule():
     # Non-canonical aspirin, its sodium salt (the counter-ion is dropped first) and a bad row.
     inputs = ["OC(=O)c1ccccc1OC(C)=O", "CC(=O)Oc1ccccc1C(=O)[O-].[Na+]", "C1CC"]

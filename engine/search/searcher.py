@@ -225,7 +225,7 @@ class CatalogSearcher:
         """ANN candidates from the token index (one search per query vector), re-scored exactly
         from their stored tokens: MaxSim for a text, token-set similarity for a molecule. Also
         returns the result columns of the top `limit`, read by the same ANN query: a second
-        lookup by id cost ~9 ms per query, a fifth of the whole search at 10k molecules."""
+        lookup by id cost 10-18 ms per query at 10k molecules (docs/benchmarks.md)."""
         candidates: dict[str, torch.Tensor] = {}
         columns: dict[str, dict[str, Any]] = {}
         wanted = limit * self.candidate_factor

@@ -119,8 +119,9 @@ def _canonical_form(mol: Chem.Mol, source_smiles: str | None) -> tuple[Chem.Mol,
     return rebuilt, smiles
 
 
-def _compute_views(mol_or_smiles: MolInput, config: ViewConfig) -> tuple[MoleculeViews, Chem.Mol]:
-    """Views and the standardised molecule they were computed on (heavy atoms, canonical order)."""
+def _compute_views(mol_or_smiles: MolInput, config: ViewConfig) -> tuple[MoleculeViews, Chem.Mol, Chem.Mol]:
+    """Views, the standardised molecule they were computed on (heavy atoms, canonical order) and
+    that molecule with explicit hydrogens (carrying the conformer)."""
     with rdBase.BlockLogs():
         mol, smiles = _canonical_form(*standardize_tracked(mol_or_smiles, config))
         key = inchikey(mol)
@@ -138,7 +139,7 @@ def _compute_views(mol_or_smiles: MolInput, config: ViewConfig) -> tuple[Molecul
         coordinates=_own_rows(positions, graph.GetNumAtoms()),
         conformer_method=method,
     )
-    return views, mol
+    return views, mol, mol_h
 
 
 def compute_views(mol_or_smiles: MolInput, config: ViewConfig | None = None) -> MoleculeViews:
@@ -171,8 +172,8 @@ def compute_views_batch(
     results = []
     for index, item in enumerate(inputs):
         try:
-            views, mol = _compute_views(item, config)
-            properties = molecule_properties(mol) if with_properties else None
+            views, mol, mol_h = _compute_views(item, config)
+            properties = molecule_properties(mol, mol_h) if with_properties else None
             results.append(ViewResult(index, views, None, properties))
         except ViewError as exc:
             results.append(ViewResult(index, None, exc))

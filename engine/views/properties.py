@@ -20,11 +20,19 @@ class MoleculeProperties(NamedTuple):
     heavy_atoms: int
 
 
-def molecule_properties(mol: Chem.Mol) -> MoleculeProperties:
-    """Properties of a sanitised molecule (Lipinski-style HBD/HBA, Crippen logP, TPSA without S/P)."""
+def molecule_properties(mol: Chem.Mol, mol_with_hs: Chem.Mol | None = None) -> MoleculeProperties:
+    """Properties of a sanitised molecule (Lipinski-style HBD/HBA, Crippen logP, TPSA without S/P).
+
+    `mol_with_hs`, when given, must be `Chem.AddHs(mol)`: Crippen logP types the hydrogens too and
+    would otherwise add them to a copy itself (~0.35 ms of its ~0.6 ms per molecule); the value is
+    the same."""
+    if mol_with_hs is None:
+        logp = Crippen.MolLogP(mol)
+    else:
+        logp = rdMolDescriptors.CalcCrippenDescriptors(mol_with_hs, includeHs=False)[0]
     return MoleculeProperties(
         mw=Descriptors.MolWt(mol),
-        logp=Crippen.MolLogP(mol),
+        logp=logp,
         hbd=rdMolDescriptors.CalcNumHBD(mol),
         hba=rdMolDescriptors.CalcNumHBA(mol),
         tpsa=rdMolDescriptors.CalcTPSA(mol),
