@@ -125,7 +125,7 @@ def test_index_path_returns_exactly_k_and_matches_exact(catalog, tmp_path):
         exact_hits = indexed.search_text(text, k=10, exact=True)
         exact_ids = [h.id for h in exact_hits]
         recall.append(len({h.id for h in hits} & set(exact_ids)) / 10)
-        # The index path reads the result columns in its ANN query: the same stored values.
+        # The index path reads the result columns with the candidates' tokens: the same stored values.
         exact_columns = {h.id: h.columns for h in exact_hits}
         assert all(set(h.columns) == set(indexed.result_columns) for h in hits)
         assert all(h.columns == exact_columns[h.id] for h in hits if h.id in exact_columns)
@@ -134,6 +134,21 @@ def test_index_path_returns_exactly_k_and_matches_exact(catalog, tmp_path):
         by_id = dict(zip(ids, scores, strict=True))
         np.testing.assert_allclose([h.score for h in hits], [by_id[h.id] for h in hits], atol=1e-3)
     assert np.mean(recall) >= 0.9
+    # A compaction between the ANN query and the take of its row ids re-addresses rows: the take
+    # then misses some, and the candidate stage runs again on the new version.
+    expected = [h.id for h in indexed.search_text(QUERIES[0], k=10)]
+    take, calls = indexed.table.take_row_ids, []
+
+    def stale_take(row_ids):
+        calls.append(len(row_ids))
+        return take(row_ids[1:] if len(calls) == 1 else row_ids)
+
+    indexed.table.take_row_ids = stale_take
+    try:
+        assert [h.id for h in indexed.search_text(QUERIES[0], k=10)] == expected
+    finally:
+        del indexed.table.take_row_ids
+    assert len(calls) == 2 and calls[0] == calls[1]
     # Refresh: the existing index is optimised, not rebuilt; "auto" on a small table drops it.
     assert build_index(indexed.table, index_type="IVF_HNSW_SQ").action == "optimized"
     assert build_index(indexed.table, index_type="auto").action == "dropped"
