@@ -134,6 +134,14 @@ def test_index_path_returns_exactly_k_and_matches_exact(catalog, tmp_path):
         by_id = dict(zip(ids, scores, strict=True))
         np.testing.assert_allclose([h.score for h in hits], [by_id[h.id] for h in hits], atol=1e-3)
     assert np.mean(recall) >= 0.9
+    # Molecule -> molecules on the index: one ANN query per query token, one take for the union of
+    # their candidates, re-scored exactly (the same scores as the exact path for the same ids).
+    smiles = indexed.table.to_lance().to_table(columns=["canonical_smiles"], limit=1)["canonical_smiles"][0]
+    hits = indexed.search_molecule(smiles.as_py(), k=5)
+    exact_by_id = {h.id: h for h in indexed.search_molecule(smiles.as_py(), k=80, exact=True)}
+    assert len(hits) == 5
+    np.testing.assert_allclose([h.score for h in hits], [exact_by_id[h.id].score for h in hits], atol=1e-3)
+    assert all(h.columns == exact_by_id[h.id].columns for h in hits)
     # A compaction between the ANN query and the take of its row ids re-addresses rows: the take
     # then misses some, and the candidate stage runs again on the new version.
     expected = [h.id for h in indexed.search_text(QUERIES[0], k=10)]
