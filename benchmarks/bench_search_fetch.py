@@ -24,8 +24,7 @@ import torch
 from bench_search import QUERIES, exact_truth, latencies, recall
 
 from mvclam.engine.search import CatalogSearcher
-from mvclam.engine.search.searcher import TOKEN_COLUMN, _tokens_from_arrow, token_set_similarity
-from mvclam.kernels import maxsim
+from mvclam.engine.search.searcher import TOKEN_COLUMN, _tokens_from_arrow, rescore_candidates
 
 
 class AnnColumnsSearcher(CatalogSearcher):
@@ -42,14 +41,7 @@ class AnnColumnsSearcher(CatalogSearcher):
                 candidates.setdefault(row["id"], tokens)
                 columns.setdefault(row["id"], row)
         ids = list(candidates)
-        tokens = torch.stack(list(candidates.values()))
-        if query.ndim == 1:
-            scores, best = maxsim(query[None].to(tokens.dtype), tokens, return_argmax=True)
-            scores, best = scores[0], best[0]
-        else:
-            scores = token_set_similarity(query, tokens)
-            best = torch.full((len(ids),), -1, dtype=torch.long)
-        order = torch.sort(scores, descending=True, stable=True).indices[:limit]
+        scores, best, order = rescore_candidates(query, torch.stack(list(candidates.values())), limit)
         top_ids = [ids[i] for i in order.tolist()]
         return top_ids, scores[order], best[order], {i: columns[i] for i in top_ids}
 

@@ -251,14 +251,7 @@ class CatalogSearcher:
             # rows): search again on the new version.
             return self._index_candidates(query, limit, where, retry=False)
         ids = rows["id"].to_pylist()
-        tokens = _tokens_from_arrow(rows[TOKEN_COLUMN])
-        if query.ndim == 1:
-            scores, best = maxsim(query[None].to(tokens.dtype), tokens, return_argmax=True)
-            scores, best = scores[0], best[0]
-        else:
-            scores = token_set_similarity(query, tokens)
-            best = torch.full((len(ids),), -1, dtype=torch.long)
-        order = torch.sort(scores, descending=True, stable=True).indices[:limit]
+        scores, best, order = rescore_candidates(query, _tokens_from_arrow(rows[TOKEN_COLUMN]), limit)
         top_ids = [ids[i] for i in order.tolist()]
         columns = rows.select(self.result_columns).take(pa.array(order.numpy())).to_pylist()
         return top_ids, scores[order], best[order], dict(zip(top_ids, columns, strict=True))
@@ -393,6 +386,20 @@ class CatalogSearcher:
         for hit, p in zip(hits, probability.tolist(), strict=True):
             hit.match_probability = float(p)
         return sorted(hits, key=lambda h: -(h.match_probability or 0.0))
+
+
+def rescore_candidates(
+    query: torch.Tensor, tokens: torch.Tensor, limit: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact scores of (M, K, D) candidate tokens for a (D,) text vector (MaxSim) or (Q, D) query
+    tokens (token-set similarity) → (scores, best token or -1, indices of the top `limit`)."""
+    if query.ndim == 1:
+        scores, best = maxsim(query[None].to(tokens.dtype), tokens, return_argmax=True)
+        scores, best = scores[0], best[0]
+    else:
+        scores = token_set_similarity(query, tokens)
+        best = torch.full((len(tokens),), -1, dtype=torch.long)
+    return scores, best, torch.sort(scores, descending=True, stable=True).indices[:limit]
 
 
 def token_set_similarity(query_tokens: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
