@@ -37,6 +37,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import torch
+from search_queries import QUERIES
 
 from mvclam.engine.search import CatalogSearcher, build_index
 from mvclam.engine.search.index import token_index
@@ -44,25 +45,6 @@ from mvclam.engine.search.searcher import SearchHit, _tokens_from_arrow
 from mvclam.engine.store.schema import multivector_array, vector_array
 from mvclam.kernels import maxsim_topk
 from mvclam.kernels.maxsim import merge_topk
-
-QUERIES = [
-    "a beta-lactam antibiotic active against gram-negative bacteria",
-    "an aromatic carboxylic acid",
-    "a steroid hormone",
-    "a sulfonamide antibacterial drug",
-    "a tertiary amine with a piperazine ring",
-    "a benzodiazepine with anxiolytic activity",
-    "a flavonoid with antioxidant properties",
-    "a nucleoside analogue antiviral",
-    "an alkaloid isolated from plants",
-    "a fatty acid with a long aliphatic chain",
-    "a kinase inhibitor containing a pyrimidine",
-    "an organochlorine pesticide",
-    "a peptide containing cysteine residues",
-    "a monosaccharide in its pyranose form",
-    "an ester used as a fragrance",
-    "a heterocyclic compound with a thiophene ring",
-]
 
 
 def directory_bytes(path: Path) -> int:

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from bench_search import QUERIES, exact_truth, latencies, recall
+from bench_search import exact_truth, latencies, recall
+from search_queries import QUERIES
 
 from mvclam.engine.search import CatalogSearcher
 from mvclam.engine.search.searcher import TOKEN_COLUMN, _tokens_from_arrow, rescore_candidates
