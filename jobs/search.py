@@ -44,9 +44,13 @@ def _format_table(hits: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _index_options(args: argparse.Namespace) -> dict[str, int]:
+def _index_options(args: argparse.Namespace) -> dict[str, int | str]:
     """Only the options given on the command line: CatalogSearcher owns the defaults."""
-    given = {"nprobes": args.nprobes, "refine_factor": args.refine_factor}
+    given = {
+        "nprobes": args.nprobes,
+        "refine_factor": args.refine_factor,
+        "resident_device": args.resident_device,
+    }
     return {name: value for name, value in given.items() if value is not None}
 
 
@@ -63,6 +67,12 @@ def _add_index_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="LanceDB re-ranks refine_factor x candidates by exact distance first (default: off; the "
         "candidates are always re-scored by exact MaxSim)",
+    )
+    parser.add_argument(
+        "--resident-device",
+        default=None,
+        help="hold every token of the table on this device (e.g. cuda) and search them all exactly, "
+        "instead of the index; for a long-lived service (the copy is made at the first query)",
     )
 
 

@@ -123,6 +123,8 @@ def create_app(searcher: CatalogSearcher):
             "rows": searcher.table.count_rows(),
             "model_version": searcher.model.model_version,
             "index": searcher.has_index(),
+            # Where exact search holds the tokens (null: index or streamed scan).
+            "resident_device": str(searcher.resident_device) if searcher.resident_device else None,
         }
 
     @app.post("/api/search", response_model=SearchResponse)

@@ -163,6 +163,47 @@ def test_index_path_returns_exactly_k_and_matches_exact(catalog, tmp_path):
     assert not indexed.has_index()
 
 
+def test_resident_tokens_match_the_streamed_exact_path(catalog, searcher, tmp_path):
+    """Tokens held on a device (the CPU here, a GPU in a service) give the streamed exact path's
+    results for text and molecule queries, filters and SMARTS; the copy follows table versions."""
+    import shutil
+
+    shutil.copytree(catalog[0], tmp_path / "db")
+    options = dict(model=searcher.model, refresh_seconds=0)
+    resident = CatalogSearcher(tmp_path / "db", "molecules", resident_device="cpu", **options)
+    streamed = CatalogSearcher(tmp_path / "db", "molecules", **options)
+
+    def same(got, want) -> None:
+        assert [h.id for h in got] == [h.id for h in want]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+        assert [h.best_token for h in got] == [h.best_token for h in want]
+        assert [h.columns for h in got] == [h.columns for h in want]
+
+    for text in QUERIES:
+        for where in (None, "mw < 300 AND hbd <= 2"):
+            got = resident.search_text(text, k=10, where=where)
+            assert len(got) == 10
+            same(got, streamed.search_text(text, k=10, where=where, exact=True))
+    acid = "C(=O)[OX2H1]"
+    same(
+        resident.search_text(QUERIES[0], k=3, smarts=acid), streamed.search_text(QUERIES[0], k=3, smarts=acid)
+    )
+    smiles = resident.table.to_lance().to_table(columns=["canonical_smiles"], limit=1)["canonical_smiles"][0]
+    same(resident.search_molecule(smiles.as_py(), k=5), streamed.search_molecule(smiles.as_py(), k=5))
+    assert resident.search_text(QUERIES[0], k=5, where="mw < 0") == []
+    with pytest.raises(SearchError, match="filter"):
+        resident.search_text(QUERIES[0], where="no_such_column > 1")
+    # Rows deleted through another handle: a new table version, so the copy is read again and the
+    # deleted row never comes back.
+    copy = resident.resident_tokens()
+    top = resident.search_text(QUERIES[0], k=1)[0].id
+    streamed.table.delete(f"id = '{top}'")
+    assert resident.resident_tokens() is not copy and len(resident.resident_tokens().row_ids) == 79
+    hits = resident.search_text(QUERIES[0], k=10)
+    assert top not in {h.id for h in hits}
+    same(hits, streamed.search_text(QUERIES[0], k=10, exact=True))
+
+
 def test_molecule_to_molecules_and_texts(searcher):
     from mvclam.engine.embedder import MoleculeEmbedder
 
@@ -220,6 +261,10 @@ def test_cli_search_and_index(catalog):
     search = ["search", QUERIES[0], "--db", str(db), "--table", "molecules", "--model", str(checkpoint)]
     payload = json.loads(cli(*search, "-k", "4", "--where", "mw < 400", "--json").stdout)
     assert len(payload["results"]) == 4 and all(r["mw"] < 400 for r in payload["results"])
+    resident = json.loads(
+        cli(*search, "-k", "4", "--where", "mw < 400", "--resident-device", "cpu", "--json").stdout
+    )
+    assert resident["results"] == payload["results"]
     table = cli(*search, "-k", "3")
     assert payload["results"][0]["id"] in table.stdout and "score" in table.stdout
     bad = cli(*search, "--smarts", "C(", check=False)

@@ -7,7 +7,9 @@ Two candidate paths, one exact scorer:
   and refines them, then the exact MaxSim (the `kernels.maxsim` dispatch: Triton on GPUs, torch
   otherwise) re-scores them from the stored tokens.
 * exact path (no index: small tables, or ``exact=True``): the token column is streamed in Arrow
-  batches and scored with `kernels.maxsim_topk`, keeping a running top-k.
+  batches and scored with `kernels.maxsim_topk`, keeping a running top-k; or, with
+  ``resident_device`` (a GPU for a long-lived service), every token is held on that device and
+  scored per query (`resident.ResidentTokens`), exact and used in place of the index.
 
 Filters: a SQL predicate on stored columns is pushed down to Lance (prefilter); a SMARTS pattern is
 checked with RDKit on candidates, fetching more candidates until k hits pass or the table is
@@ -29,6 +31,7 @@ import pyarrow.compute as pc
 import torch
 
 from mvclam.engine.search.index import TOKEN_COLUMN, token_index
+from mvclam.engine.search.resident import ResidentTokens
 from mvclam.kernels import maxsim, maxsim_topk
 
 if TYPE_CHECKING:
@@ -121,7 +124,11 @@ class CatalogSearcher:
         candidate_factor: int = 4,
         nprobes: int = DEFAULT_NPROBES,
         refresh_seconds: float = REFRESH_SECONDS,
+        resident_device: str | torch.device | None = None,
     ):
+        """`resident_device` (e.g. ``"cuda"``): hold the table's tokens on that device and answer
+        token queries by exact MaxSim over all of them, instead of the index or a streamed scan;
+        the copy is loaded at the first query and again whenever the table's version changes."""
         import lancedb
 
         from mvclam.engine.embedder import load_model
@@ -143,6 +150,8 @@ class CatalogSearcher:
                 f"it holds versions {versions}: search with the checkpoint that embedded it, or re-run "
                 "`mvclam embed` with this model"
             )
+        self.resident_device = torch.device(resident_device) if resident_device is not None else None
+        self._resident: ResidentTokens | None = None
         names = set(self.table.schema.names)
         self.result_columns = [c for c in (*RESULT_COLUMNS, *CAPTION_COLUMNS) if c in names]
 
@@ -256,6 +265,53 @@ class CatalogSearcher:
         columns = rows.select(self.result_columns).take(pa.array(order.numpy())).to_pylist()
         return top_ids, scores[order], best[order], dict(zip(top_ids, columns, strict=True))
 
+    def resident_tokens(self) -> ResidentTokens:
+        """The device copy of this model version's tokens, (re)loaded if the table has moved on."""
+        if self.resident_device is None:
+            raise SearchError("this searcher holds no tokens on a device (resident_device is not set)")
+        if self._resident is None or self._resident.version != self.table.version:
+            self._resident = None  # free the old copy first: two may not fit on the device
+            try:
+                self._resident = ResidentTokens.load(self.table, self.version_filter, self.resident_device)
+            except torch.OutOfMemoryError as error:
+                raise SearchError(
+                    f"the table's tokens do not fit in {self.resident_device} memory: search without "
+                    f"resident_device (index or streamed exact path) ({error})"
+                ) from error
+        return self._resident
+
+    def _resident_candidates(
+        self, query: torch.Tensor, limit: int, where: str | None, retry: bool = True
+    ) -> tuple[list[str], torch.Tensor, torch.Tensor, dict[str, dict[str, Any]]]:
+        """Exact top `limit` over the device copy; a filter is evaluated by Lance on the stored
+        columns and applied as a row mask. Also returns the result columns of the hits."""
+        resident = self.resident_tokens()
+        allowed = None
+        if where:
+            try:
+                matching = self.table.to_lance().to_table(
+                    columns=[], with_row_id=True, filter=self._where(where)
+                )["_rowid"]
+            except (OSError, ValueError) as error:
+                raise SearchError(f"invalid filter {where!r}: {error}") from error
+            allowed = resident.mask(matching.to_numpy())
+        row_ids, scores, best = resident.top(query, limit, allowed)
+        if len(row_ids) == 0:
+            return [], scores, best, {}
+        rows = self.table.take_row_ids(row_ids.tolist()).select(self.result_columns).with_row_id().to_arrow()
+        if rows.num_rows < len(row_ids) and retry:
+            # The table moved to a new version since the copy was read: reload and search again.
+            self._resident = None
+            return self._resident_candidates(query, limit, where, retry=False)
+        by_row_id = dict(
+            zip(rows["_rowid"].to_pylist(), rows.drop_columns(["_rowid"]).to_pylist(), strict=True)
+        )
+        found = [i for i, row_id in enumerate(row_ids.tolist()) if row_id in by_row_id]
+        columns = [by_row_id[int(row_ids[i])] for i in found]
+        ids = [c["id"] for c in columns]
+        keep = torch.as_tensor(found, dtype=torch.long)
+        return ids, scores[keep], best[keep], dict(zip(ids, columns, strict=True))
+
     def _ann_query(self, vector: torch.Tensor, limit: int, where: str | None, adaptive: bool) -> pa.Table:
         # Row ids only (naming _distance silences a warning): the caller reads the candidates'
         # columns in one take for all its query vectors.
@@ -287,10 +343,15 @@ class CatalogSearcher:
         if not 1 <= k <= MAX_K:
             raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
         pattern = _compile_smarts(smarts)
-        use_index = vector_column == TOKEN_COLUMN and not exact and self.has_index()
+        use_resident = (
+            self.resident_device is not None and vector_column == TOKEN_COLUMN and exact is not False
+        )
+        use_index = not use_resident and vector_column == TOKEN_COLUMN and not exact and self.has_index()
         limit = k if pattern is None else 4 * k
         while True:
-            if use_index:
+            if use_resident:
+                ids, scores, best, rows = self._resident_candidates(query, limit, where)
+            elif use_index:
                 ids, scores, best, rows = self._index_candidates(query, limit, where)
             else:
                 ids, scores, best = self._exact_candidates(query, limit, where, vector_column)
