@@ -3,8 +3,8 @@
 Without an index, exact search streams the whole token column from Lance for every query (48.8 s
 per query at 1M molecules on 2 CPU cores). A long-lived searcher with a GPU can instead hold the
 tokens in device memory (16 GB at 1M molecules x 32 tokens x 256 in float16) and score all of
-them per query with the fused MaxSim kernel: 3.8 ms for the top 10 of 1M on an H200
-(docs/benchmarks.md), exact, with no index to build or tune.
+them per query with the fused MaxSim kernel: 4.0 ms for the top 10 of 1M through `top` on an
+H200 (docs/benchmarks.md), exact, with no index to build or tune.
 
 The copy is tied to the table version it was read from; the searcher reloads it when the table
 moves on (rows embedded or deleted, compaction) and reads result columns by the stored row ids.
@@ -69,7 +69,9 @@ class ResidentTokens:
             filled += len(part)
         if tokens is None:
             tokens = torch.empty((0, 0, 0), dtype=torch.float32, device=device)
-        return cls(version=dataset.version, row_ids=row_ids, tokens=tokens)
+        # One dataset version for count and scan, so `filled == rows`; slicing keeps a short scan
+        # from ever exposing the unwritten tail of the allocation.
+        return cls(version=dataset.version, row_ids=row_ids[:filled], tokens=tokens[:filled])
 
     @property
     def nbytes(self) -> int:
