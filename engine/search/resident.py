@@ -20,7 +20,8 @@ import pyarrow as pa
 import torch
 
 from mvclam.engine.search.index import TOKEN_COLUMN
-from mvclam.kernels import maxsim, maxsim_topk
+from mvclam.engine.search.searcher import _tokens_from_arrow, exact_scores
+from mvclam.kernels import maxsim_topk
 
 if TYPE_CHECKING:
     import lancedb
@@ -48,8 +49,6 @@ class ResidentTokens:
         """Copies the token column of the rows matching `row_filter` to `device`, one Arrow batch at
         a time (host memory holds one batch, not the table). Raises torch.OutOfMemoryError when
         the tokens do not fit on the device."""
-        from mvclam.engine.search.searcher import _tokens_from_arrow
-
         dataset = table.to_lance()  # one version for the count and the scan
         rows = dataset.count_rows(filter=row_filter)
         scanner = dataset.scanner(
@@ -100,11 +99,7 @@ class ResidentTokens:
             # The fused top-k: never materialises the (1, M) scores.
             scores, index, best = (x[0] for x in maxsim_topk(query[None], self.tokens, k=limit))
         else:
-            if query.ndim == 1:
-                all_scores, all_best = (x[0] for x in maxsim(query[None], self.tokens, return_argmax=True))
-            else:
-                all_scores = maxsim(query, self.tokens).mean(dim=0)
-                all_best = torch.full_like(all_scores, -1, dtype=torch.long)
+            all_scores, all_best = exact_scores(query, self.tokens)
             candidates = len(all_scores)
             if allowed is not None:
                 all_scores = all_scores.masked_fill(~allowed, float("-inf"))

@@ -31,13 +31,13 @@ import pyarrow.compute as pc
 import torch
 
 from mvclam.engine.search.index import TOKEN_COLUMN, token_index
-from mvclam.engine.search.resident import ResidentTokens
 from mvclam.kernels import maxsim, maxsim_topk
 
 if TYPE_CHECKING:
     import lancedb
 
     from mvclam.engine.models.mvclam import MVCLAM
+    from mvclam.engine.search.resident import ResidentTokens
 
 # LanceDB's multi-vector search returns fewer rows than asked when a molecule's tokens are
 # near-duplicates unless it over-fetches per token (read once per process); the searcher's
@@ -270,6 +270,8 @@ class CatalogSearcher:
         if self.resident_device is None:
             raise SearchError("this searcher holds no tokens on a device (resident_device is not set)")
         if self._resident is None or self._resident.version != self.table.version:
+            from mvclam.engine.search.resident import ResidentTokens
+
             self._resident = None  # free the old copy first: two may not fit on the device
             try:
                 self._resident = ResidentTokens.load(self.table, self.version_filter, self.resident_device)
@@ -449,17 +451,21 @@ class CatalogSearcher:
         return sorted(hits, key=lambda h: -(h.match_probability or 0.0))
 
 
+def exact_scores(query: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact scores of (M, K, D) tokens for a (D,) text vector (MaxSim) or (Q, D) query tokens
+    (token-set similarity) → ((M,) scores, (M,) best token, -1 for token sets), on tokens' device."""
+    if query.ndim == 1:
+        scores, best = maxsim(query[None].to(tokens.dtype), tokens, return_argmax=True)
+        return scores[0], best[0]
+    best = torch.full((len(tokens),), -1, dtype=torch.long, device=tokens.device)
+    return token_set_similarity(query, tokens), best
+
+
 def rescore_candidates(
     query: torch.Tensor, tokens: torch.Tensor, limit: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact scores of (M, K, D) candidate tokens for a (D,) text vector (MaxSim) or (Q, D) query
-    tokens (token-set similarity) → (scores, best token or -1, indices of the top `limit`)."""
-    if query.ndim == 1:
-        scores, best = maxsim(query[None].to(tokens.dtype), tokens, return_argmax=True)
-        scores, best = scores[0], best[0]
-    else:
-        scores = token_set_similarity(query, tokens)
-        best = torch.full((len(tokens),), -1, dtype=torch.long)
+    """`exact_scores` of candidate tokens and the indices of the top `limit` (ties in row order)."""
+    scores, best = exact_scores(query, tokens)
     return scores, best, torch.sort(scores, descending=True, stable=True).indices[:limit]
 
 
