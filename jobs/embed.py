@@ -8,7 +8,7 @@ Pipeline (Arrow tables end to end, nothing collected on the driver):
       -> encoder (map_batches with EncoderActor on an ActorPoolStrategy of `encoders` actors,
          `encoder_cpus` and, where the cluster has GPUs, one GPU each)
       -> writer (the driver, streaming `iter_batches`): merge-insert into LanceDB every
-         `commit_rows` rows.
+         `commit_rows` rows, or sooner once `commit_seconds` have passed since the last commit.
 
 Why the driver writes: one writer means no concurrent Lance commits to retry, and every chunk
 is one atomic commit, so a killed run keeps all chunks committed before the kill. Writes cost
@@ -23,12 +23,14 @@ as duplicates, on every run and across kills.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +76,9 @@ class EmbedJob:
     views_cpus: float = 1.0
     views_workers: int | None = None  # cap on concurrent views tasks (None: as many as CPUs allow)
     commit_rows: int = 1024  # rows per LanceDB commit: the progress a kill can lose at most
+    # ... or sooner: rows are also committed once this long has passed since the last commit, since
+    # 1024 rows can take minutes (0: commit every batch).
+    commit_seconds: float = 30.0
     address: str | None = None  # Ray cluster; None: RAY_ADDRESS, else a local Ray instance
     num_cpus: int | None = None  # CPUs of a local Ray instance (None: all)
     optimize: bool = True  # compact the tables after the run
@@ -85,6 +90,8 @@ class EmbedJob:
         for name in ("views_batch_size", "encoder_batch_size", "encoders", "commit_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.commit_seconds < 0:
+            raise ValueError(f"commit_seconds must be >= 0, got {self.commit_seconds}")
         if self.token_dtype not in ("float32", "float16"):
             raise ValueError(f"token_dtype must be float32 or float16, got {self.token_dtype!r}")
 
@@ -225,13 +232,22 @@ class _RemoteArgs:
 class _Writer:
     """Driver-side writer: de-duplicates ids, splits stage rows into the two tables, commits per chunk."""
 
-    def __init__(self, store: CatalogStore, schema: pa.Schema, job: EmbedJob, summary: EmbedSummary):
+    def __init__(
+        self,
+        store: CatalogStore,
+        schema: pa.Schema,
+        job: EmbedJob,
+        summary: EmbedSummary,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.store, self.schema, self.job, self.summary = store, schema, job, summary
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.seen: set[str] = set()
         self.nodes: dict[str, set[str]] = defaultdict(set)
         self.started = time.perf_counter()
+        self.clock = clock
+        self.last_commit = clock()
 
     def add(self, batch: pa.Table) -> None:
         s = self.summary
@@ -256,7 +272,9 @@ class _Writer:
         if batch.num_rows:
             self.pending.append(batch)
             self.pending_rows += batch.num_rows
-        if self.pending_rows >= self.job.commit_rows:
+        # Checked as batches arrive: rows wait at most commit_seconds plus one batch's time.
+        overdue = self.clock() - self.last_commit >= self.job.commit_seconds
+        if self.pending_rows >= self.job.commit_rows or (self.pending and overdue):
             self.flush()
 
     @staticmethod
@@ -293,6 +311,7 @@ class _Writer:
             }
         ).cast(ERRORS_SCHEMA)
         self.store.write(embedded, failed)
+        self.last_commit = self.clock()
         s = self.summary
         s.embedded += embedded.num_rows
         s.failed += failed.num_rows
@@ -312,10 +331,81 @@ class _Writer:
             )
 
 
+def _run_pipeline(
+    job: EmbedJob,
+    paths: list[str],
+    store: CatalogStore,
+    schema: pa.Schema,
+    summary: EmbedSummary,
+    blob: dict[str, bytes],
+    started: float,
+) -> EmbedSummary:
+    """Read -> views -> encoder -> writer into `store`, then compaction; fills `summary`."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+
+    done = store.reconcile(summary.model_version).done
+
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True  # first occurrence of an id wins, every run
+    context.enable_progress_bars = job.progress
+    gpus = job.encoder_gpus
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+    source = CatalogDatasource(
+        paths,
+        smiles_column=job.smiles_column,
+        id_column=job.id_column,
+        rows_per_block=job.views_batch_size,
+    )
+    dataset = ray.data.read_datasource(source, num_cpus=0)
+    # A read task merges what it yields up to DataContext.target_max_block_size (128 MiB), so one
+    # file arrives as one block and a single views task would take the whole catalog. Streaming
+    # repartition cuts it into batch-sized blocks that fan out across the views tasks.
+    dataset = dataset.repartition(target_num_rows_per_block=job.views_batch_size)
+    dataset = dataset.map_batches(
+        compute_view_rows,
+        batch_format="pyarrow",
+        batch_size=job.views_batch_size,
+        fn_kwargs={"done": ray.put(done), "view_config": _view_config(job)},
+        num_cpus=job.views_cpus,
+        # A remote-args function also keeps Ray from fusing the views into the encoder
+        # actors (it fuses task -> actor stages with equal args): views must fan out to tasks.
+        ray_remote_args_fn=_RemoteArgs(num_cpus=job.views_cpus),
+        compute=TaskPoolStrategy(size=job.views_workers) if job.views_workers else None,
+    )
+    dataset = dataset.map_batches(
+        EncoderActor,
+        batch_format="pyarrow",
+        batch_size=job.encoder_batch_size,
+        fn_constructor_kwargs={
+            "checkpoint": ray.put(blob),
+            "token_dtype": job.token_dtype,
+            "batch_size": job.encoder_batch_size,
+            "num_threads": max(1, int(job.encoder_cpus)),
+        },
+        compute=ActorPoolStrategy(size=job.encoders),
+        num_cpus=job.encoder_cpus,
+        num_gpus=gpus,
+    )
+    writer = _Writer(store, schema, job, summary)
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        writer.add(batch)
+    writer.flush()
+    if job.optimize:
+        # Also when this run committed nothing: a resume after a kill finds the killed run's many
+        # small fragments still uncompacted.
+        store.optimize()
+    summary.nodes = {stage: sorted(n for n in nodes if n) for stage, nodes in writer.nodes.items()}
+    summary.table_rows, summary.error_rows = store.counts()
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
 def run_embed(job: EmbedJob) -> EmbedSummary:
     """Run the job and return its summary; re-running resumes (only ids not done are embedded)."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     started = time.perf_counter()
     paths = resolve_inputs(job.inputs)
@@ -326,61 +416,13 @@ def run_embed(job: EmbedJob) -> EmbedSummary:
         summary = EmbedSummary(model_name=model_name, model_version=model_version)
         schema = embeddings_schema(dim, job.token_dtype)
         store = CatalogStore.open(job.db, job.table, schema, job.errors_table)
-        done = store.reconcile(model_version).done
-
-        context = DataContext.get_current()
-        context.execution_options.preserve_order = True  # first occurrence of an id wins, every run
-        context.enable_progress_bars = job.progress
-        gpus = job.encoder_gpus
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-
-        source = CatalogDatasource(
-            paths,
-            smiles_column=job.smiles_column,
-            id_column=job.id_column,
-            rows_per_block=job.views_batch_size,
-        )
-        dataset = ray.data.read_datasource(source, num_cpus=0)
-        # A read task merges what it yields up to DataContext.target_max_block_size (128 MiB), so one
-        # file arrives as one block and a single views task would take the whole catalog. Streaming
-        # repartition cuts it into batch-sized blocks that fan out across the views tasks.
-        dataset = dataset.repartition(target_num_rows_per_block=job.views_batch_size)
-        dataset = dataset.map_batches(
-            compute_view_rows,
-            batch_format="pyarrow",
-            batch_size=job.views_batch_size,
-            fn_kwargs={"done": ray.put(done), "view_config": _view_config(job)},
-            num_cpus=job.views_cpus,
-            # A remote-args function also keeps Ray from fusing the views into the encoder
-            # actors (it fuses task -> actor stages with equal args): views must fan out to tasks.
-            ray_remote_args_fn=_RemoteArgs(num_cpus=job.views_cpus),
-            compute=TaskPoolStrategy(size=job.views_workers) if job.views_workers else None,
-        )
-        dataset = dataset.map_batches(
-            EncoderActor,
-            batch_format="pyarrow",
-            batch_size=job.encoder_batch_size,
-            fn_constructor_kwargs={
-                "checkpoint": ray.put(blob),
-                "token_dtype": job.token_dtype,
-                "batch_size": job.encoder_batch_size,
-                "num_threads": max(1, int(job.encoder_cpus)),
-            },
-            compute=ActorPoolStrategy(size=job.encoders),
-            num_cpus=job.encoder_cpus,
-            num_gpus=gpus,
-        )
-        writer = _Writer(store, schema, job, summary)
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(batch)
-        writer.flush()
-        if job.optimize and summary.commits:
-            store.optimize()
-        summary.nodes = {stage: sorted(n for n in nodes if n) for stage, nodes in writer.nodes.items()}
-        summary.table_rows, summary.error_rows = store.counts()
-        summary.wall_s = time.perf_counter() - started
-        return summary
+        try:
+            return _run_pipeline(job, paths, store, schema, summary, blob, started)
+        except BaseException:
+            # A failed run must not leave empty tables behind; its own error is the one to report.
+            with contextlib.suppress(Exception):
+                store.discard_if_unused()
+            raise
     finally:
         if owns_ray:
             ray.shutdown()

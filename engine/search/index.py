@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from mvclam.engine.store.schema import PROPERTY_FIELDS
+
 if TYPE_CHECKING:
     import lancedb
 
@@ -34,16 +36,12 @@ _INDEX_CONFIGS = {  # lancedb.index class names
 BRUTE_FORCE_ROWS = 50_000
 DEFAULT_INDEX_TYPE = "IVF_SQ"
 # Scalar indexes that make filters and id lookups cheap: BTREE for ranges and equality,
-# BITMAP for low-cardinality strings.
+# BITMAP for low-cardinality strings. Every property column is one clients may filter on
+# (jobs/serve.py), so the list comes from the one property schema.
 SCALAR_INDEXES: dict[str, str] = {
     "id": "BTREE",
     "model_version": "BITMAP",
-    "mw": "BTREE",
-    "logp": "BTREE",
-    "hbd": "BTREE",
-    "hba": "BTREE",
-    "tpsa": "BTREE",
-    "heavy_atoms": "BTREE",
+    **{f.name: "BTREE" for f in PROPERTY_FIELDS},
 }
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from mvclam.engine.models.mvclam import MVCLAM
     from mvclam.engine.search.resident import ResidentTokens
+    from mvclam.engine.views import MoleculeViews
 
 # LanceDB's multi-vector search returns fewer rows than asked when a molecule's tokens are
 # near-duplicates unless it over-fetches per token (read once per process); the searcher's
@@ -399,11 +400,28 @@ class CatalogSearcher:
     ) -> list[SearchHit]:
         """Molecules similar to `smiles`: token-set similarity (mean over the query's tokens of its
         best match among the stored tokens), or cosine of the pooled vectors (`by="pooled"`)."""
+        from mvclam.engine.views import ViewError, compute_views
+
+        try:
+            views = compute_views(smiles, self.model.config.views)
+        except ViewError as error:
+            raise SearchError(f"cannot embed {smiles!r}: {error}") from None
+        return self.search_molecule_views(views, k, by, where, smarts, exact)
+
+    def search_molecule_views(
+        self,
+        views: MoleculeViews,
+        k: int = 10,
+        by: str = "tokens",
+        where: str | None = None,
+        smarts: str | None = None,
+        exact: bool | None = None,
+    ) -> list[SearchHit]:
+        """`search_molecule` for views computed by the caller (e.g. outside a model lock, with a
+        caller's own atom and time bounds)."""
         from mvclam.engine.embedder import MoleculeEmbedder
 
-        results, embeddings = MoleculeEmbedder(self.model).embed_smiles([smiles])
-        if results[0].error is not None:
-            raise SearchError(f"cannot embed {smiles!r}: {results[0].error}")
+        embeddings = MoleculeEmbedder(self.model).embed_views([views])
         if by == "pooled":
             return self._ranked(
                 embeddings.pooled[0].float(), k, where, smarts, exact=True, vector_column="pooled"

@@ -62,6 +62,8 @@ class CatalogStore:
         self.errors = errors
         self._embedded_other = pa.array([], pa.string())
         self._failed_other = pa.array([], pa.string())
+        self._connection: lancedb.DBConnection | None = None
+        self._created: list[str] = []  # tables `open` created (dropped again by `discard_if_unused`)
 
     @classmethod
     def open(
@@ -71,12 +73,13 @@ class CatalogStore:
         import lancedb  # imported late: Ray forks workers, and lancedb's runtime is not fork-safe
 
         connection = lancedb.connect(str(db))
-        opened = []
+        opened, created = [], []
         for name, expected in ((table, schema), (errors_table or f"{table}_errors", ERRORS_SCHEMA)):
             try:
                 handle = connection.open_table(name)
             except ValueError:  # "Table ... was not found"
                 opened.append(connection.create_table(name, schema=expected))
+                created.append(name)
                 continue
             got = handle.schema
             mismatched = [
@@ -91,7 +94,18 @@ class CatalogStore:
                 )
             opened.append(handle)
         embeddings, errors = opened
-        return cls(embeddings, errors)
+        store = cls(embeddings, errors)
+        store._connection, store._created = connection, created
+        return store
+
+    def discard_if_unused(self) -> None:
+        """Drop the tables `open` created, if nothing was written to either: a run that fails
+        before its first commit then leaves the database as it found it."""
+        if self._connection is None or not self._created or any(self.counts()):
+            return
+        for name in self._created:
+            self._connection.drop_table(name)
+        self._created = []
 
     def _read_ids(self, model_version: str) -> tuple[pa.Array, pa.Array, DoneIds]:
         """(embedded, failed) ids of this model version, and the DoneIds view of both tables."""

@@ -1,0 +1,525 @@
+"""Regression tests for robustness bugs found by probing: damaged catalog files, the HTTP API's
+filters, errors, limits and locking, `mvclam caption --input`, and the embed job's commits."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import io
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pytest
+
+ray = pytest.importorskip("ray")
+lancedb = pytest.importorskip("lancedb")
+
+from test_embed_job import job as embed_job  # noqa: E402
+from test_embed_job import make_checkpoint, read_tables, sample_rows, write_csv  # noqa: E402
+
+from mvclam.engine.store import ERRORS_SCHEMA, PROPERTY_FIELDS, CatalogStore, embeddings_schema  # noqa: E402
+from mvclam.jobs.embed_io import read_catalog_file  # noqa: E402
+
+
+def read_stream(path: Path, **kwargs: Any) -> list[dict[str, Any]]:
+    """Rows of a catalog file read as the job reads it (Arrow decompresses a .gz on the fly)."""
+    compression = "gzip" if path.name.endswith(".gz") else None
+    stream = pafs.LocalFileSystem().open_input_stream(str(path), compression=compression)
+    blocks = list(read_catalog_file(stream, str(path), **kwargs))
+    return pa.concat_tables(blocks).to_pylist() if blocks else []
+
+
+# --- catalog readers ------------------------------------------------------------------------------
+
+
+def test_csv_field_over_the_csv_limit_is_an_error_row_and_the_file_goes_on(tmp_path):
+    path = tmp_path / "big.csv"
+    path.write_text(f"id,smiles\na,CCO\nb,{'C' * 140_000}\nc,CCN\n")
+    rows = read_stream(path)
+    assert [r["id"] for r in rows] == ["a", "big.csv:2", "c"]
+    assert rows[1]["input"] is None and "field larger than field limit" in rows[1]["read_error"]
+    assert rows[0]["read_error"] is None and rows[2]["input"] == "CCN"
+
+
+def test_truncated_and_fake_gz_keep_the_rows_before_the_damage(tmp_path):
+    lines = [f"{'C' * (i % 20 + 1)} m{i}\n" for i in range(20_000)]
+    compressed = gzip.compress("".join(lines).encode())
+    truncated = tmp_path / "cut.smi.gz"
+    truncated.write_bytes(compressed[: len(compressed) // 2])
+    rows = read_stream(truncated, rows_per_block=500)
+    *good, damage = rows
+    assert len(good) > 9000 and all(r["read_error"] is None for r in good)
+    # Every row read is a whole line of the file (the cut-off last line is not taken for a SMILES).
+    assert [f"{r['input']} {r['id']}\n" for r in good] == lines[: len(good)]
+    assert damage["id"] == f"cut.smi.gz:{len(good) + 1}:unreadable" and damage["input"] is None
+    assert damage["source_row"] == len(good) + 1 and "truncated" in damage["read_error"].lower()
+
+    fake = tmp_path / "fake.csv.gz"  # plain text named .gz
+    fake.write_text("id,smiles\na,CCO\n")
+    (row,) = read_stream(fake)
+    assert row["id"] == "fake.csv.gz:1:unreadable" and "unreadable" in row["read_error"]
+
+    from rdkit import Chem
+
+    block = Chem.MolToMolBlock(Chem.MolFromSmiles("CCO"))
+    sdf = "".join(f"m{i}\n{block.split(chr(10), 1)[1]}$$$$\n" for i in range(400)).encode()
+    cut = tmp_path / "cut.sdf.gz"
+    cut.write_bytes(gzip.compress(sdf)[:-40])
+    rows = read_stream(cut)
+    assert all(r["read_error"] is None and r["input"] == "CCO" for r in rows[:-1])
+    assert len(rows) > 300 and rows[-1]["id"] == f"cut.sdf.gz:{len(rows)}:unreadable"
+
+
+def test_unclosed_quote_is_an_error_row_and_later_rows_are_still_read(tmp_path):
+    path = tmp_path / "quote.csv"
+    path.write_text('id,smiles\na,CCO\nb,"CCN\nc,CCC\nd,CO\n')
+    rows = read_stream(path)
+    assert [(r["id"], r["input"]) for r in rows] == [
+        ("a", "CCO"),
+        ("quote.csv:2", None),
+        ("c", "CCC"),
+        ("d", "CO"),
+    ]
+    assert "unclosed quote" in rows[1]["read_error"] and "line 3" in rows[1]["read_error"]
+
+    # A second stray quote closing the first must not swallow the rows between them either.
+    path.write_text('id,smiles\na,CCO\nb,"CCN\nc,CCC\nd,CO"\ne,C\n')
+    assert [r["id"] for r in read_stream(path)] == ["a", "quote.csv:2", "c", "d", "e"]
+    # A genuine multi-line quoted field in another column stays one row.
+    path.write_text('id,smiles,note\na,CCO,"two\nlines"\nb,CCN,x\n')
+    assert [(r["id"], r["input"], r["read_error"]) for r in read_stream(path)] == [
+        ("a", "CCO", None),
+        ("b", "CCN", None),
+    ]
+
+
+def test_smi_cxsmiles_block_stays_with_the_smiles(tmp_path):
+    path = tmp_path / "cx.smi"
+    path.write_text("C[C@H](O)CC |&1:1| mol one\nCCO |$A;B;C$|\nCCN plain id\nCC |unclosed\n")
+    rows = read_stream(path)
+    assert [(r["input"], r["id"]) for r in rows] == [
+        ("C[C@H](O)CC |&1:1|", "mol one"),
+        ("CCO |$A;B;C$|", "cx.smi:2"),
+        ("CCN", "plain id"),
+        ("CC", "|unclosed"),
+    ]
+    from mvclam.engine.views import compute_views
+
+    assert compute_views(rows[0]["input"]).canonical_smiles == "CC[C@H](C)O"
+
+
+def test_lone_carriage_return_does_not_split_rows(tmp_path):
+    smi = tmp_path / "cr.smi"
+    smi.write_bytes(b"CCO\rethanol\r\nCCN amine\n")
+    assert [(r["input"], r["id"], r["source_row"]) for r in read_stream(smi)] == [
+        ("CCO", "ethanol", 1),
+        ("CCN", "amine", 2),
+    ]
+    csv_path = tmp_path / "cr.csv"
+    csv_path.write_bytes(b'id,smiles\r\na,CCO\rb,CCN\r\nc,"C\rC"\nd,CC\n')
+    rows = read_stream(csv_path)
+    assert [(r["id"], r["input"], r["read_error"]) for r in rows] == [
+        ("a", "CCO\rb", None),  # one row: the \r is data (the SMILES then fails to parse)
+        ("c", "C\rC", None),
+        ("d", "CC", None),
+    ]
+
+
+# --- mvclam caption --input -----------------------------------------------------------------------
+
+
+def test_caption_input_with_invalid_utf8_gives_a_row_error(tmp_path):
+    from mvclam.engine.captioning.captioner import CaptionResult
+    from mvclam.jobs.caption import read_smi, write_rows
+
+    path = tmp_path / "in.smi"
+    path.write_bytes(b"CCO ethanol\n\xff\xfe bad\nc1ccccc1 benzene\r\nCC\rethane\n")
+    rows = read_smi(path)
+    assert [(r.id, r.smiles) for r in rows] == [
+        ("ethanol", "CCO"),
+        ("2", ""),
+        ("benzene", "c1ccccc1"),
+        ("ethane", "CC"),
+    ]
+    assert rows[1].error and "UTF-8" in rows[1].error and rows[0].error is None
+
+    from mvclam.jobs.caption import caption_rows
+
+    seen: list[list[str]] = []
+
+    class FakeCaptioning:
+        def caption_smiles(self, smiles: list[str]) -> list[CaptionResult]:
+            seen.append(list(smiles))
+            return [CaptionResult(caption=f"about {s}") for s in smiles]
+
+    results = caption_rows(FakeCaptioning(), rows)
+    assert seen == [["CCO", "c1ccccc1", "CC"]]  # the unreadable line never reaches the model
+    out = io.StringIO()
+    write_rows(out, rows, results)
+    table = [line.split("\t") for line in out.getvalue().splitlines()]
+    assert table[2][:3] == ["2", "", ""] and "UTF-8" in table[2][3]
+    assert table[1] == ["ethanol", "CCO", "about CCO", ""] and table[3][2] == "about c1ccccc1"
+
+
+# --- embed job: writer and end to end --------------------------------------------------------------
+
+
+def _failed_batch(ids: list[str], schema: pa.Schema) -> pa.Table:
+    n = len(ids)
+    columns: dict[str, pa.Array] = {
+        "id": pa.array(ids, pa.string()),
+        "input": pa.array(["C1CC(("] * n, pa.string()),
+        "source": pa.array(["x.smi"] * n, pa.string()),
+        "source_row": pa.array(range(1, n + 1), pa.int64()),
+        "status": pa.array(["failed"] * n, pa.string()),
+        "error_code": pa.array(["parse_error"] * n, pa.string()),
+        "error_reason": pa.array(["bad"] * n, pa.string()),
+        "_views_s": pa.array([0.0] * n),
+        "_encode_s": pa.array([0.0] * n),
+        "_views_node": pa.array(["n"] * n, pa.string()),
+        "_encode_node": pa.array(["n"] * n, pa.string()),
+    }
+    for f in schema:
+        columns.setdefault(f.name, pa.nulls(n, f.type))
+    return pa.table(columns)
+
+
+def test_writer_commits_a_slow_stream_by_time():
+    from mvclam.jobs.embed import EmbedJob, EmbedSummary, _Writer, load_embed_job
+
+    assert load_embed_job(None, inputs=["a.smi"], db="d").commit_seconds == 30  # configs/embed.yaml
+    with pytest.raises(ValueError, match="commit_seconds"):
+        EmbedJob(inputs=["a.smi"], db="d", commit_seconds=-1)
+
+    class Store:
+        def __init__(self) -> None:
+            self.writes: list[tuple[int, int]] = []
+
+        def write(self, embedded: pa.Table, failed: pa.Table) -> None:
+            self.writes.append((embedded.num_rows, failed.num_rows))
+
+    schema = embeddings_schema(4)
+    now = [0.0]
+    store = Store()
+    job = EmbedJob(inputs=["x.smi"], db="d", commit_rows=1000, commit_seconds=30, progress=False)
+    writer = _Writer(store, schema, job, EmbedSummary(model_version="v"), clock=lambda: now[0])
+    writer.add(_failed_batch(["a"], schema))
+    now[0] = 10.0
+    writer.add(_failed_batch(["b"], schema))
+    assert store.writes == []  # 2 rows, 10 s: neither bound reached
+    now[0] = 31.0
+    writer.add(_failed_batch(["c"], schema))
+    assert store.writes == [(0, 3)] and writer.summary.commits == 1
+    now[0] = 40.0
+    writer.add(_failed_batch(["d"], schema))
+    assert store.writes == [(0, 3)]  # the clock restarts at each commit
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "a", 0)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_resume_compacts_commits_by_time_and_records_a_damaged_file(tmp_path, checkpoint, local_ray):
+    from mvclam.jobs.embed import run_embed
+
+    first_part = write_csv(tmp_path / "a.csv", sample_rows(10))
+    second_part = write_csv(tmp_path / "b.csv", sample_rows(5, skip=10))
+    fake = tmp_path / "broken.smi.gz"
+    fake.write_text("CCO not gzip\n")
+    # Far fewer rows than commit_rows: only the time bound (0 s: every batch) makes several commits.
+    first = run_embed(
+        embed_job(tmp_path, [first_part, fake], checkpoint, commit_rows=10**6, commit_seconds=0)
+    )
+    _, errors = read_tables(tmp_path / "db")
+    assert first.embedded == 10 and first.commits >= 2
+    assert errors.select(["id", "error_code"]).to_pylist() == [
+        {"id": "broken.smi.gz:1:unreadable", "error_code": "read_error"}
+    ]
+    paths = [first_part, second_part, fake]
+    assert run_embed(embed_job(tmp_path, paths, checkpoint)).embedded == 5  # a second, uncompacted run
+    table = lancedb.connect(str(tmp_path / "db")).open_table("molecules")
+    assert len(table.to_lance().get_fragments()) >= 2
+
+    last = run_embed(embed_job(tmp_path, paths, checkpoint, optimize=True))
+    assert last.commits == 0 and last.skipped == 16
+    # Nothing new to write, yet the earlier runs' fragments are compacted.
+    table = lancedb.connect(str(tmp_path / "db")).open_table("molecules")
+    assert len(table.to_lance().get_fragments()) == 1 and table.count_rows() == 15
+
+
+def test_failed_job_leaves_no_empty_tables(tmp_path, checkpoint, local_ray):
+    from mvclam.jobs.embed import run_embed
+
+    bad = tmp_path / "nosmiles.csv"
+    bad.write_text("id,name\na,b\n")
+    with pytest.raises(Exception, match="no SMILES column"):
+        run_embed(embed_job(tmp_path, [bad], checkpoint))
+    assert list(lancedb.connect(str(tmp_path / "db")).list_tables().tables) == []
+
+
+def test_store_keeps_tables_that_hold_rows(tmp_path):
+    store = CatalogStore.open(tmp_path / "db", "t", embeddings_schema(4))
+    errors = pa.table(
+        {
+            "id": ["x"],
+            "input": ["C("],
+            "error_code": ["parse_error"],
+            "reason": ["bad"],
+            "source": ["f"],
+            "source_row": [1],
+            "model_version": ["v"],
+            "failed_at": pa.array([0], pa.timestamp("us", tz="UTC")),
+        }
+    ).cast(ERRORS_SCHEMA)
+    store.write(None, errors)
+    store.discard_if_unused()
+    assert sorted(lancedb.connect(str(tmp_path / "db")).list_tables().tables) == ["t", "t_errors"]
+
+
+# --- HTTP API -------------------------------------------------------------------------------------
+
+
+def nested_smiles(atoms: int) -> str:
+    smiles = "C"
+    for _ in range(atoms - 1):
+        smiles = f"C({smiles})"
+    return smiles
+
+
+SLOW_SMILES = "CCCCCCCCCCCCO"  # made slow by the lock test only
+
+
+@pytest.fixture(scope="module")
+def searcher(tmp_path_factory, checkpoint):
+    """A small catalog written by the job's own stages and writer, without Ray."""
+    from mvclam.engine.search import CatalogSearcher
+    from mvclam.jobs.embed import EmbedJob, EmbedSummary, _prepare_model, _view_config, _Writer
+    from mvclam.jobs.embed_stages import EncoderActor, compute_view_rows
+
+    root = tmp_path_factory.mktemp("serve")
+    source = write_csv(root / "catalog.csv", [*sample_rows(24), ("slow", SLOW_SMILES)])
+    job = EmbedJob(inputs=[str(source)], db=str(root / "db"), model=str(checkpoint), progress=False)
+    blob, name, version, dim = _prepare_model(job, root)
+    schema = embeddings_schema(dim)
+    store = CatalogStore.open(job.db, job.table, schema)
+    writer = _Writer(store, schema, job, EmbedSummary(model_name=name, model_version=version))
+    encoder = EncoderActor(blob)
+    with open(source, "rb") as handle:
+        for block in read_catalog_file(handle, str(source), rows_per_block=32):
+            writer.add(encoder(compute_view_rows(block, None, _view_config(job))))
+    writer.flush()
+    return CatalogSearcher(job.db, job.table, checkpoint=checkpoint)
+
+
+@pytest.fixture(scope="module")
+def server(searcher):
+    import socket
+
+    import uvicorn
+
+    from mvclam.jobs.serve import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    instance = uvicorn.Server(
+        uvicorn.Config(create_app(searcher), host="127.0.0.1", port=port, log_level="critical")
+    )
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not instance.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert instance.started
+    yield port
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def post(port: int, path: str, body: dict | bytes, timeout: float = 60) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.getheader("content-type", "").startswith("application/json")
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_filter_columns_are_the_property_columns_and_all_indexed():
+    from mvclam.engine.search.index import SCALAR_INDEXES
+    from mvclam.jobs.serve import FILTER_COLUMNS, PropertyFilter
+
+    assert tuple(f.name for f in PROPERTY_FIELDS) == FILTER_COLUMNS
+    assert set(FILTER_COLUMNS) <= set(SCALAR_INDEXES)
+    sql = {
+        (op, v): PropertyFilter(column="hbd", op=op, value=v).sql()
+        for op in ("<", "<=", ">", ">=", "=")
+        for v in (5, 4.5)
+    }
+    assert sql == {
+        ("<", 5): "hbd <= 4",
+        ("<", 4.5): "hbd <= 4",
+        ("<=", 5): "hbd <= 5",
+        ("<=", 4.5): "hbd <= 4",
+        (">", 5): "hbd >= 6",
+        (">", 4.5): "hbd >= 5",
+        (">=", 5): "hbd >= 5",
+        (">=", 4.5): "hbd >= 5",
+        ("=", 5): "hbd = 5",
+        ("=", 4.5): "FALSE",
+    }
+    assert PropertyFilter(column="heavy_atoms", op="<=", value=1e6).sql() == "heavy_atoms <= 32767"
+    assert PropertyFilter(column="mw", op="<", value=400).sql() == "mw < 400.0"
+
+
+def test_integer_column_filters_work_with_exact_meaning(server, searcher):
+    def ids(*filters: tuple[str, str, float]) -> set[str]:
+        body = {"query": "an acid", "k": 100, "depict": False}
+        body["filters"] = [{"column": c, "op": o, "value": v} for c, o, v in filters]
+        status, result = post(server, "/api/search", body)
+        assert status == 200, result
+        return {r["id"] for r in result["results"]}
+
+    everything = ids()
+    few_donors = ids(("hbd", "<=", 5))
+    assert few_donors and few_donors <= everything
+    hbd = {h.id: h.columns["hbd"] for h in searcher.search_text("an acid", k=100)}
+    assert few_donors == {i for i, v in hbd.items() if v <= 5}
+    assert ids(("hbd", "<", 1.5)) == ids(("hbd", "<=", 1)) == {i for i, v in hbd.items() if v <= 1}
+    assert ids(("hbd", ">", 0.5)) == ids(("hbd", ">=", 1))
+    assert ids(("hbd", "=", 0.5)) == set()
+    for column in ("hba", "rotatable_bonds", "heavy_atoms"):
+        assert ids((column, "<=", 1e6), (column, ">=", -1e6)) == everything
+
+
+def test_errors_are_short_json_without_internals(server, searcher, monkeypatch):
+    from mvclam.engine.search import SearchError
+
+    internal = (
+        f"invalid filter \"(model_version = '{searcher.model.model_version}') AND (hbd <= 5.0)\": "
+        "Invalid user input: /home/runner/work/lance/lance/rust/lance-datafusion/src/logical_expr.rs:23:88"
+    )
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise SearchError(internal)
+
+    monkeypatch.setattr(searcher, "search_text", refuse)
+    status, error = post(server, "/api/search", {"query": "acid"})
+    assert status == 400 and error == {"detail": "invalid filter"}
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("/secret/path.rs: boom")
+
+    monkeypatch.setattr(searcher, "search_text", crash)
+    assert post(server, "/api/search", {"query": "acid"}) == (500, {"detail": "internal error"})
+
+    status, error = post(server, "/api/search", {"query": "x" * 501})
+    assert status == 422 and isinstance(error["detail"], str) and "query" in error["detail"]
+    assert len(error["detail"]) <= 300 and "xxxx" not in error["detail"]
+
+
+def test_lone_surrogates_and_non_finite_numbers_are_4xx(server):
+    for body in (
+        b'{"query": "\\ud800 x"}',
+        b'{"query": "acid", "smarts": "\\udfff"}',
+        b'{"query": "acid", "filters": [{"column": "mw", "op": "<", "value": NaN}]}',
+        b'{"query": "acid", "filters": [{"column": "mw", "op": "<", "value": Infinity}]}',
+        b'{"query": "acid", "filters": [{"column": "hbd", "op": ">", "value": -Infinity}]}',
+        b'{"query": "acid", "k": true}',
+        b'{"query": "acid", "filters": [{"column": "mw", "op": "<", "value": true}]}',
+        b'{"query": "acid", "k": 3.0}',
+        b'{"query": "acid", "rerank": "yes"}',
+        b"{not json",
+    ):
+        status, error = post(server, "/api/search", body)
+        assert status == 422 and isinstance(error["detail"], str), (body, status, error)
+    status, error = post(server, "/api/similar", b'{"smiles": "C\\ud800"}')
+    assert status == 422 and isinstance(error["detail"], str)
+
+
+def test_request_body_limit_before_parsing(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server, timeout=20)
+    try:  # a huge declared body is refused before a byte of it is read
+        connection.putrequest("POST", "/api/search")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(100 * 1024 * 1024))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413 and "too large" in json.loads(response.read())["detail"]
+    finally:
+        connection.close()
+    connection = http.client.HTTPConnection("127.0.0.1", server, timeout=20)
+    try:  # a chunked body declares no length: the received bytes are counted
+        chunks = iter([b'{"query": "', *[b"x" * 8192] * 12, b'"}'])
+        connection.request(
+            "POST",
+            "/api/search",
+            body=chunks,
+            headers={"Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        response = connection.getresponse()
+        assert response.status == 413 and "too large" in json.loads(response.read())["detail"]
+    finally:
+        connection.close()
+    assert post(server, "/api/search", {"query": "acid", "k": 2})[0] == 200
+
+
+def test_request_molecules_are_bounded(server, searcher):
+    started = time.perf_counter()
+    status, error = post(server, "/api/similar", {"smiles": nested_smiles(151), "k": 3})
+    assert status == 400 and "too_many_atoms" in error["detail"]
+    assert time.perf_counter() - started < 10  # refused before the 3D step (17-56 s for this one)
+    status, similar = post(server, "/api/similar", {"smiles": "CC(=O)Oc1ccccc1C(=O)O", "k": 3})
+    assert status == 200 and len(similar["results"]) == 3
+
+    from mvclam.engine.views import ViewConfig
+    from mvclam.jobs.serve import request_view_config
+
+    bounded = request_view_config(ViewConfig(max_atoms=256, embed_timeout_s=20), 100, 5)
+    assert (bounded.max_atoms, bounded.embed_timeout_s) == (100, 5)
+    assert request_view_config(ViewConfig(embed_timeout_s=0), 100, 5).embed_timeout_s == 5
+
+
+def test_molecule_views_do_not_block_text_search(server, monkeypatch):
+    from mvclam.engine.views import molecule_views
+
+    entered, release = threading.Event(), threading.Event()
+    original = molecule_views._compute_views
+
+    def slow(mol: Any, config: Any) -> Any:
+        if mol == SLOW_SMILES:
+            entered.set()
+            release.wait(60)
+        return original(mol, config)
+
+    monkeypatch.setattr(molecule_views, "_compute_views", slow)
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(similar=post(server, "/api/similar", {"smiles": SLOW_SMILES, "k": 2}))
+    )
+    thread.start()
+    try:
+        assert entered.wait(30)
+        status, _ = post(server, "/api/search", {"query": "an acid", "k": 2}, timeout=15)
+        assert status == 200 and thread.is_alive()  # answered while the molecule is still in RDKit
+    finally:
+        release.set()
+        thread.join(60)
+    assert outcome["similar"][0] == 200
