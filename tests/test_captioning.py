@@ -292,19 +292,26 @@ def test_merged_export_matches_lora_model(tmp_path, captioner, query_states):
 
 
 def test_vllm_backend(tmp_path, captioner, query_states):
-    pytest.importorskip(
-        "vllm",
-        reason="vLLM is not installed (GPU-only extra `mvclam[gpu]`; it cannot be installed on CPU machines)",
-    )
+    """An unsaved captioner with random LoRA weights: merged, cached under its adapter digest, and
+    served by vLLM with the transformers backend's greedy tokens (or a tie: see tests/test_vllm.py)."""
+    from test_vllm import _need_vllm, assert_equal_or_tied
+
+    _need_vllm()  # skips without vLLM, fails instead with MVCLAM_REQUIRE_VLLM=1 (CI)
     from mvclam.engine.captioning import VLLMBackend
 
-    export_merged_llm(captioner, tmp_path / "merged")
-    backend = VLLMBackend(tmp_path / "merged", hidden_size=captioner.llm_hidden_size)
-    prompts = captioner.prompt_embeds(query_states[:2]).detach()
-    captions = backend.generate(prompts, GREEDY)
-    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
-    with pytest.raises(ValueError):
-        backend.generate([torch.zeros(3, 7)], GREEDY)
+    backend = VLLMBackend.from_captioner(captioner, max_new_tokens=GREEDY.max_new_tokens, cache_dir=tmp_path)
+    try:
+        assert backend.model_dir.name.startswith("captioner-untrained-")
+        with torch.no_grad():
+            prompts = list(captioner.prompt_embeds(query_states).detach())
+        expected = TransformersBackend.from_captioner(captioner).generate_ids(prompts, GREEDY)
+        assert_equal_or_tied(captioner, prompts, expected, backend.generate_ids(prompts, GREEDY))
+        captions = backend.generate(prompts, GREEDY)
+        assert len(captions) == 3 and all(isinstance(c, str) for c in captions)
+        with pytest.raises(ValueError):
+            backend.generate([torch.zeros(3, 7)], GREEDY)
+    finally:
+        backend.close()
 
 
 def test_llm_is_float32_and_cached():

@@ -2,6 +2,7 @@
 
     captioning = load_captioning("ckpt")                      # MV-CLAM + captioner (+ transformers backend)
     results = captioning.caption_smiles(["CC(=O)Oc1ccccc1C(=O)O"])
+    captioning.backend = VLLMBackend.from_captioner(captioning.captioner)   # vLLM (CPU or GPU) instead
 
 Training (stage 2): ``MoleculeCaptioner.loss_from_views`` / ``forward`` and ``trainable_parameters``.
 """
@@ -12,7 +13,10 @@ from mvclam.engine.captioning.backends import (
     TransformersBackend,
     VLLMBackend,
     export_merged_llm,
+    llm_cache_root,
+    merged_llm_dir,
     validate_prompt_embeds,
+    vllm_engine_options,
 )
 from mvclam.engine.captioning.captioner import UNTRAINED_WARNING, Captioner, CaptionResult, load_captioning
 from mvclam.engine.captioning.checkpoint import (
@@ -47,10 +51,13 @@ __all__ = [
     "VLLMBackend",
     "export_merged_llm",
     "has_captioner",
+    "llm_cache_root",
     "load_captioner",
     "load_captioning",
     "load_llm",
+    "merged_llm_dir",
     "molecule_query_states",
     "save_captioner",
     "validate_prompt_embeds",
+    "vllm_engine_options",
 ]
