@@ -32,16 +32,49 @@ def token_contrastive_loss(
     text_vectors: torch.Tensor,
     logit_scale: torch.Tensor | float,
     group_ids: torch.Tensor | None = None,
+    extra_texts: torch.Tensor | None = None,
+    extra_text_groups: torch.Tensor | None = None,
+    extra_molecules: torch.Tensor | None = None,
+    extra_molecule_groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE on max-over-tokens similarities; row i of each side is the positive of row i."""
+    """Symmetric InfoNCE on max-over-tokens similarities; row i of each side is the positive of row i.
+
+    ``extra_texts`` (X, D) are further candidates of every molecule (e.g. a bank of cached training
+    texts) and ``extra_molecules`` (Y, 2K, D) further candidates of every text (e.g. a queue of
+    earlier steps' molecule tokens); their ``*_groups`` mark their molecules, and candidates of the
+    query's own molecule are dropped from the denominators like in-batch duplicates.
+    """
     batch = molecule_tokens.shape[0]
+    device = molecule_tokens.device
     logits = token_similarity(molecule_tokens, text_vectors) * logit_scale
-    same = _same_group(group_ids, batch, logits.device)
+    same = _same_group(group_ids, batch, device)
     # Other rows of the same molecule are positives too: drop them from the denominators.
-    false_negatives = same & ~torch.eye(batch, dtype=torch.bool, device=logits.device)
+    false_negatives = same & ~torch.eye(batch, dtype=torch.bool, device=device)
     logits = logits.masked_fill(false_negatives, float("-inf"))
-    targets = torch.arange(batch, device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+    targets = torch.arange(batch, device=device)
+    molecule_to_text, text_to_molecule = logits, logits.t()
+    if extra_texts is not None and len(extra_texts):
+        extra = token_similarity(molecule_tokens, extra_texts) * logit_scale  # (B, X)
+        extra = extra.masked_fill(
+            _cross_group(group_ids, extra_text_groups, extra.shape, device), float("-inf")
+        )
+        molecule_to_text = torch.cat([molecule_to_text, extra], dim=1)
+    if extra_molecules is not None and len(extra_molecules):
+        extra = token_similarity(extra_molecules, text_vectors).t() * logit_scale  # (B, Y)
+        extra = extra.masked_fill(
+            _cross_group(group_ids, extra_molecule_groups, extra.shape, device), float("-inf")
+        )
+        text_to_molecule = torch.cat([text_to_molecule, extra], dim=1)
+    return 0.5 * (F.cross_entropy(molecule_to_text, targets) + F.cross_entropy(text_to_molecule, targets))
+
+
+def _cross_group(
+    group_ids: torch.Tensor | None, extra_groups: torch.Tensor | None, shape: torch.Size, device: torch.device
+) -> torch.Tensor:
+    """(B, X) True where an extra candidate belongs to the query row's molecule."""
+    if group_ids is None or extra_groups is None:
+        return torch.zeros(shape, dtype=torch.bool, device=device)
+    return group_ids.to(device)[:, None] == extra_groups.to(device)[None, :]
 
 
 def sample_hard_negatives(

@@ -18,9 +18,16 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT_PREPARED = Path("runs/data/v1")
+DEFAULT_PREPARED = Path("runs/data/v2")
 KNOWN_TRAINING_SOURCES = frozenset(
-    {"chebi20_validation", "pubchem324k_valid", "pubchem324k_test", "pcdes_validation", "pcdes_test"}
+    {
+        "chebi20_train",
+        "chebi20_validation",
+        "pubchem324k_valid",
+        "pubchem324k_test",
+        "pcdes_validation",
+        "pcdes_test",
+    }
 )
 
 

@@ -1,7 +1,7 @@
 """`mvclam prepare`: the view cache of the pair files (and optionally of the L+M-24 weak labels).
 
-    mvclam prepare --out runs/data/v1                       # all *.tsv in <data-dir>/pairs
-    mvclam prepare --out runs/data/v1 --weak-limit 30000    # + weak labels (after the pairs)
+    mvclam prepare --out runs/data/v2                       # all *.tsv in <data-dir>/pairs
+    mvclam prepare --out runs/data/v2 --weak-limit 30000    # + weak labels (after the pairs)
     mvclam prepare --out DIR --pairs a.tsv b.tsv --no-weak
 
 <data-dir> is --data-dir, else $MVCLAM_DATA_DIR, else ../shared/data (from the working directory,

@@ -2,9 +2,9 @@
 
 table = read_pairs("pairs/chebi20_validation.tsv")          # cid, smiles, description, source, line, error
 split_of(inchikey)                                          # "train" | "validation" | "test" (split.py)
-prepare_pairs(files, "runs/data/v1")                         # views once per molecule -> Parquet
-prepare_weak_labels("lpm24/train_props.txt.gz", "runs/data/v1", limit=30_000)
-data = PairDataset.load("runs/data/v1", "train")             # .views, .descriptions, .inchikeys, .group_ids
+prepare_pairs(files, "runs/data/v2")                         # views once per molecule -> Parquet
+prepare_weak_labels("lpm24/train_props.txt.gz", "runs/data/v2", limit=30_000)
+data = PairDataset.load("runs/data/v2", "train")             # .views, .descriptions, .inchikeys, .group_ids
 """
 
 from mvclam.engine.data.dataset import PairDataset

@@ -1,6 +1,6 @@
 """`PairDataset`: a prepared split held in memory, the trainer's and evaluator's input.
 
-    data = PairDataset.load("runs/data/v1", "train")            # kind="pairs" (default) or "weak"
+    data = PairDataset.load("runs/data/v2", "train")            # kind="pairs" (default) or "weak"
     data.views[i]          MoleculeViews of row i (decoded once at load)
     data.descriptions[i]   its description
     data.inchikeys[i]      its molecule's InChIKey

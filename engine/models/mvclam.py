@@ -47,6 +47,17 @@ class MVCLAMLosses:
     contrastive: torch.Tensor
     matching: torch.Tensor
     captioning: torch.Tensor
+    molecule_tokens: torch.Tensor | None = None  # (B, 2K, D) of this batch, e.g. for a negative queue
+
+
+@dataclass
+class ExtraNegatives:
+    """Contrastive candidates beyond the batch (LiT-style training with a frozen, cached text tower)."""
+
+    text_states: torch.Tensor | None = None  # (X, H) cached text [CLS] states; projected by the model
+    text_groups: torch.Tensor | None = None  # (X,) molecule group of each
+    molecule_tokens: torch.Tensor | None = None  # (Y, 2K, D) earlier steps' tokens (detached)
+    molecule_groups: torch.Tensor | None = None  # (Y,)
 
 
 class LMHead(nn.Module):
@@ -161,10 +172,18 @@ class MVCLAM(nn.Module):
         assert query_states is not None
         return self.project_molecule_states(query_states, out_dtype)
 
-    def embed_text_ids(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def text_cls_states(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """(B, H) [CLS] states of the text branch, before the text projection."""
         _, text_states = self.qformer("text", text_ids=text_ids, text_mask=text_mask)
         assert text_states is not None
-        return project_normalize(text_states[:, 0], self.text_projection.weight, self.text_projection.bias)
+        return text_states[:, 0]
+
+    def project_text_states(self, cls_states: torch.Tensor) -> torch.Tensor:
+        """(B, H) [CLS] states → (B, D) L2-normalised text vectors."""
+        return project_normalize(cls_states, self.text_projection.weight, self.text_projection.bias)
+
+    def embed_text_ids(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        return self.project_text_states(self.text_cls_states(text_ids, text_mask))
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         return self.embed_text_ids(*self.tokenize(texts))
@@ -214,24 +233,48 @@ class MVCLAM(nn.Module):
     def forward(
         self,
         views: ViewBatch,
-        text_ids: torch.Tensor,
-        text_mask: torch.Tensor,
+        text_ids: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
         group_ids: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        text_states: torch.Tensor | None = None,
+        negatives: ExtraNegatives | None = None,
     ) -> MVCLAMLosses:
         """Weighted sum of the contrastive, matching and captioning losses for row-aligned pairs.
 
         ``group_ids`` (B,) marks rows of the same molecule so they are never treated as negatives.
+        ``text_states`` (B, H) replaces the text branch with cached [CLS] states (a frozen text
+        tower); only the contrastive loss is defined then. ``negatives`` adds candidates beyond the
+        batch to the contrastive loss.
         """
         weights = self.config.loss
         zero = self.log_logit_scale.new_zeros(())
+        if text_states is not None and (weights.matching_weight or weights.captioning_weight):
+            raise ValueError(
+                "cached text states train the contrastive loss only: set matching/captioning weights to 0"
+            )
         states, masks = self.encode_views(views)
         query_states, _ = self.qformer("molecule", states, masks)
         assert query_states is not None
         molecule_tokens = self.project_molecule_states(query_states).tokens
-        text_vectors = self.embed_text_ids(text_ids, text_mask)
+        if text_states is None:
+            assert text_ids is not None and text_mask is not None
+            text_vectors = self.embed_text_ids(text_ids, text_mask)
+        else:
+            text_vectors = self.project_text_states(text_states)
+        negatives = negatives or ExtraNegatives()
+        extra_texts = (
+            self.project_text_states(negatives.text_states) if negatives.text_states is not None else None
+        )
         contrastive = losses.token_contrastive_loss(
-            molecule_tokens, text_vectors, self.logit_scale, group_ids
+            molecule_tokens,
+            text_vectors,
+            self.logit_scale,
+            group_ids,
+            extra_texts=extra_texts,
+            extra_text_groups=negatives.text_groups,
+            extra_molecules=negatives.molecule_tokens,
+            extra_molecule_groups=negatives.molecule_groups,
         )
 
         matching = zero
@@ -264,7 +307,13 @@ class MVCLAM(nn.Module):
             + weights.matching_weight * matching
             + weights.captioning_weight * captioning
         )
-        return MVCLAMLosses(loss=total, contrastive=contrastive, matching=matching, captioning=captioning)
+        return MVCLAMLosses(
+            loss=total,
+            contrastive=contrastive,
+            matching=matching,
+            captioning=captioning,
+            molecule_tokens=molecule_tokens,
+        )
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, directory: str | Path, weights_dtype: torch.dtype = torch.float32) -> Path:

@@ -36,6 +36,7 @@ from mvclam.engine.training.state import (
 from mvclam.engine.views import MoleculeViews
 
 LAST_CHECKPOINT = "last"
+BEST_CHECKPOINT = "best"
 FINAL_CHECKPOINT = "final"
 
 
@@ -44,7 +45,7 @@ class TrainConfig:
     """Everything a run needs; also the YAML schema of configs/train_*.yaml."""
 
     stage: str = "stage1"  # "stage1" (MQ-Former alignment) or "stage2" (captioning LLM)
-    data_dir: str = "runs/data"  # output of `mvclam prepare`
+    data_dir: str = "runs/data/v2"  # output of `mvclam prepare` (the README and evaluate use the same)
     train_kind: str = "pairs"  # "pairs", or "weak" for weak-label pre-training
     output_dir: str = "runs/stage1"
     model_config: str = "small"
@@ -53,6 +54,13 @@ class TrainConfig:
     # Stage 1: train only parameters whose names start with one of these prefixes (empty = all), e.g.
     # ["matching_head"] re-fits the re-ranking head without moving a single embedding.
     trainable: list[str] = field(default_factory=list)
+    # Stage 1, LiT-style: "frozen" freezes the Q-Former's text path and caches every description's
+    # [CLS] state once (text_cache.py), so a step costs the molecule branch only.
+    text_tower: str = "train"
+    text_negatives: int = 0  # frozen text tower: cached training texts added as negatives per step (-1 = all)
+    molecule_queue: int = 0  # frozen text tower: earlier steps' molecules kept as negatives of each text
+    retrieval_eval_every: int = 0  # full validation MRR every n steps; the best is kept in checkpoints/best
+    bucket_by_size: bool = False  # batch molecules of similar atom counts together (less padding)
     epochs: int = 10
     max_steps: int | None = None
     time_limit_minutes: float | None = None  # stop (with a checkpoint) after this much training time
@@ -94,6 +102,8 @@ class PairData(Protocol):
 
 class TrainingTask(Protocol):
     module: nn.Module  # what is optimised (and wrapped in DDP)
+
+    def setup(self, train_data: PairData, validation_data: PairData, output_dir: Path) -> None: ...
 
     def trainable_parameters(self) -> list[nn.Parameter]: ...
 
@@ -143,11 +153,34 @@ def _schedule(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 def epoch_batches(
-    size: int, batch_size: int, seed: int, epoch: int, rank: int, world: int
+    size: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world: int,
+    lengths: np.ndarray | None = None,
+    bucket_batches: int = 50,
 ) -> list[np.ndarray]:
-    """This worker's batches of one epoch: a seeded shuffle shared by all workers, split round-robin."""
-    order = np.random.default_rng([seed, epoch]).permutation(size)
+    """This worker's batches of one epoch: a seeded shuffle shared by all workers, split round-robin.
+
+    With `lengths` (atoms per row), each run of `bucket_batches` batches of the shuffle is sorted by
+    length before it is cut, and the batches are shuffled again: rows of similar size share a batch,
+    so a 200-atom molecule no longer pads 31 small ones (the pair features grow with atoms squared).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(size)
+    if lengths is not None:
+        span = batch_size * bucket_batches
+        order = np.concatenate(
+            [
+                chunk[np.argsort(lengths[chunk], kind="stable")]
+                for chunk in np.split(order, range(span, size, span))
+            ]
+        )
     batches = [order[i : i + batch_size] for i in range(0, size - batch_size + 1, batch_size)]
+    if lengths is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
     usable = len(batches) - len(batches) % world  # every worker takes the same number of steps
     return batches[rank:usable:world]
 
@@ -195,6 +228,12 @@ class CheckpointWriter:
                 return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="mvclam-resume-")))
         return self.last if has_training_state(self.last) else None
 
+    def save_model(self, task, name: str, dtype: torch.dtype) -> None:
+        """The model alone (no optimizer state) as OUTPUT/checkpoints/<name>, e.g. the best so far."""
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
+        task.save(staging, dtype)
+        replace_directory(staging, self.root / name)
+
     def save(
         self, task, optimizer, scheduler, state: TrainerState, dtype: torch.dtype, metrics: dict
     ) -> None:
@@ -224,7 +263,13 @@ def train_loop(config_dict: dict[str, Any], task: TrainingTask | None = None, da
         load_split(config.data_dir, "validation", "pairs"),
     )
 
-    steps_per_epoch = len(epoch_batches(len(train_data), config.batch_size, config.seed, 0, rank, world))
+    task.setup(train_data, validation_data, output_dir)
+    lengths = np.array([v.num_atoms for v in train_data.views]) if config.bucket_by_size else None
+
+    def batches_of(epoch: int) -> list[np.ndarray]:
+        return epoch_batches(len(train_data), config.batch_size, config.seed, epoch, rank, world, lengths)
+
+    steps_per_epoch = len(batches_of(0))
     if steps_per_epoch == 0:
         raise ValueError(
             f"{len(train_data)} training rows are fewer than one batch of {config.batch_size} per worker"
@@ -276,7 +321,7 @@ def train_loop(config_dict: dict[str, Any], task: TrainingTask | None = None, da
         total=total_steps, initial=state.step, disable=rank != 0, desc=f"{config.stage}", unit="step"
     )
     while state.step < total_steps and state.epoch < config.epochs and not stopped_early:
-        batches = epoch_batches(len(train_data), config.batch_size, config.seed, state.epoch, rank, world)
+        batches = batches_of(state.epoch)
         for index in _remaining(batches, state.batch_in_epoch):
             losses = task.losses(module, *_select(train_data, index))
             optimizer.zero_grad(set_to_none=True)
@@ -304,6 +349,17 @@ def train_loop(config_dict: dict[str, Any], task: TrainingTask | None = None, da
                     or validation.get("loss", math.inf) < state.best_validation_loss
                 ):
                     state.best_validation_loss = validation.get("loss")
+            if config.retrieval_eval_every and (
+                state.step % config.retrieval_eval_every == 0 or state.step == total_steps
+            ):
+                retrieval = task.retrieval_metrics(module, validation_data)  # type: ignore[attr-defined]
+                metrics.update({f"validation_{k}": v for k, v in retrieval.items()})
+                if log:
+                    log.write(_row(state, "validation", retrieval, scheduler.get_last_lr()[0]))
+                best = state.extra.get("best_t2m_mrr")
+                if rank == 0 and (best is None or retrieval["t2m_mrr"] > best):
+                    state.extra.update(best_t2m_mrr=retrieval["t2m_mrr"], best_step=state.step)
+                    writer.save_model(task, BEST_CHECKPOINT, dtype)
             stopped_early = out_of_time()
             if state.step % config.checkpoint_every == 0 or state.step >= total_steps or stopped_early:
                 writer.save(task, optimizer, scheduler, state, dtype, metrics)
@@ -340,7 +396,7 @@ def _row(state: TrainerState, split: str, values: dict[str, Any], learning_rate:
         "learning_rate": learning_rate,
         "elapsed_seconds": round(state.elapsed_seconds, 1),
     }
-    for name in ("loss", "contrastive", "matching", "captioning", "retrieval_accuracy"):
+    for name in ("loss", "contrastive", "matching", "captioning", "retrieval_accuracy", "t2m_mrr", "m2t_mrr"):
         if name in values:
             row[name] = float(
                 values[name].detach() if isinstance(values[name], torch.Tensor) else values[name]

@@ -17,6 +17,8 @@ COLUMNS = (
     "matching",
     "captioning",
     "retrieval_accuracy",
+    "t2m_mrr",
+    "m2t_mrr",
     "learning_rate",
     "elapsed_seconds",
 )
@@ -82,8 +84,14 @@ def plot_curves(log: MetricsLog, out: Path | None = None) -> Path:
             accuracy_axis.plot(
                 *zip(*accuracy, strict=True), style, label=f"{split} in-batch accuracy", markersize=3
             )
+    for part in ("t2m_mrr", "m2t_mrr"):
+        mrr = [(int(r["step"]), float(r[part])) for r in rows if r.get(part)]
+        if mrr:
+            accuracy_axis.plot(
+                *zip(*mrr, strict=True), "s--", label=f"validation {part} (full set)", markersize=3
+            )
     loss_axis.set(xlabel="step", ylabel="loss", title="losses")
-    accuracy_axis.set(xlabel="step", ylabel="molecule→text top-1 (in batch)", title="retrieval", ylim=(0, 1))
+    accuracy_axis.set(xlabel="step", ylabel="in-batch top-1 / full-set MRR", title="retrieval", ylim=(0, 1))
     for axis in (loss_axis, accuracy_axis):
         if axis.lines:
             axis.legend(fontsize=7)
