@@ -41,6 +41,12 @@ def add_embed_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--views-workers", type=int, default=None, help="cap on concurrent views tasks")
     parser.add_argument("--commit-rows", type=int, default=None, help="rows per LanceDB commit")
     parser.add_argument(
+        "--commit-seconds",
+        type=float,
+        default=None,
+        help="commit at least this often (seconds) while rows are pending; bounds what a kill loses",
+    )
+    parser.add_argument(
         "--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)"
     )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
@@ -69,6 +75,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         "encoders",
         "views_workers",
         "commit_rows",
+        "commit_seconds",
         "address",
         "num_cpus",
         "progress",

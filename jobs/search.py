@@ -144,16 +144,36 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+# serve() keywords set by `mvclam serve` flags of the same names
+SERVE_LIMITS = (
+    "max_body_bytes",
+    "max_request_atoms",
+    "request_embed_timeout_s",
+    "molecule_workers",
+    "molecule_wait_s",
+)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from mvclam.jobs.serve import serve
 
-    serve(args.db, args.table, model=args.model, host=args.host, port=args.port, **_index_options(args))
+    limits = {name: getattr(args, name) for name in SERVE_LIMITS}
+    serve(
+        args.db,
+        args.table,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        **limits,
+        **_index_options(args),
+    )
     return 0
 
 
 def add_search_subcommands(sub: argparse._SubParsersAction) -> None:
     from mvclam.engine.search import BRUTE_FORCE_ROWS
     from mvclam.engine.search.index import INDEX_TYPES
+    from mvclam.jobs.serve import MAX_BODY_BYTES, MAX_REQUEST_ATOMS, MOLECULE_WAIT_S, REQUEST_EMBED_TIMEOUT_S
 
     search = sub.add_parser(
         "search", help="search an embedded catalog with a sentence (or similar molecules)"
@@ -199,5 +219,33 @@ def add_search_subcommands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="larger request bodies get 413"
+    )
+    serve.add_argument(
+        "--max-request-atoms",
+        type=int,
+        default=MAX_REQUEST_ATOMS,
+        help="heavy-atom limit of a molecule sent by a client (its 3D view is computed per request)",
+    )
+    serve.add_argument(
+        "--request-embed-timeout",
+        type=int,
+        default=REQUEST_EMBED_TIMEOUT_S,
+        dest="request_embed_timeout_s",
+        metavar="SECONDS",
+        help="ETKDG time limit for a client molecule",
+    )
+    serve.add_argument(
+        "--molecule-workers", type=int, default=1, help="client molecules embedded at the same time"
+    )
+    serve.add_argument(
+        "--molecule-wait",
+        type=float,
+        default=MOLECULE_WAIT_S,
+        dest="molecule_wait_s",
+        metavar="SECONDS",
+        help="how long a molecule request waits for a worker before 503",
+    )
     _add_index_options(serve)
     serve.set_defaults(handler=_cmd_serve)

@@ -351,11 +351,21 @@ def serve(
     port: int = 8000,
     max_body_bytes: int = MAX_BODY_BYTES,
     max_request_atoms: int = MAX_REQUEST_ATOMS,
+    request_embed_timeout_s: int = REQUEST_EMBED_TIMEOUT_S,
+    molecule_workers: int = 1,
+    molecule_wait_s: float = MOLECULE_WAIT_S,
     **searcher_options: Any,
 ) -> None:
     """Serve the API and web page; ``searcher_options`` go to CatalogSearcher (e.g. nprobes)."""
     import uvicorn
 
     searcher = CatalogSearcher(db, table, checkpoint=model, **searcher_options)
-    app = create_app(searcher, max_body_bytes=max_body_bytes, max_request_atoms=max_request_atoms)
+    app = create_app(
+        searcher,
+        max_body_bytes=max_body_bytes,
+        max_request_atoms=max_request_atoms,
+        request_embed_timeout_s=request_embed_timeout_s,
+        molecule_workers=molecule_workers,
+        molecule_wait_s=molecule_wait_s,
+    )
     uvicorn.run(app, host=host, port=port, log_level="info")

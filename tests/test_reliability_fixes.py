@@ -523,3 +523,43 @@ def test_molecule_views_do_not_block_text_search(server, monkeypatch):
         release.set()
         thread.join(60)
     assert outcome["similar"][0] == 200
+
+
+def test_cli_passes_serve_limits_and_commit_seconds(monkeypatch):
+    """The service limits and the time-bounded commit are settable from the command line."""
+    import mvclam.jobs.serve as serve_module
+    from mvclam.jobs.cli import build_parser
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(serve_module, "serve", lambda *args, **kwargs: seen.update(kwargs))
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--db",
+            "d",
+            "--max-body-bytes",
+            "1000",
+            "--max-request-atoms",
+            "40",
+            "--request-embed-timeout",
+            "2",
+            "--molecule-workers",
+            "2",
+            "--molecule-wait",
+            "5",
+        ]
+    )
+    assert args.handler(args) == 0
+    assert (seen["max_body_bytes"], seen["max_request_atoms"], seen["request_embed_timeout_s"]) == (
+        1000,
+        40,
+        2,
+    )
+    assert (seen["molecule_workers"], seen["molecule_wait_s"]) == (2, 5.0)
+
+    args = build_parser().parse_args(["embed", "in.csv", "--db", "d", "--commit-seconds", "7.5"])
+    assert args.commit_seconds == 7.5
+    from mvclam.jobs.embed import load_embed_job
+
+    fields = {"inputs": args.inputs, "db": args.db, "commit_seconds": args.commit_seconds}
+    assert load_embed_job(None, **fields).commit_seconds == 7.5
