@@ -41,7 +41,8 @@ from search_queries import QUERIES
 
 from mvclam.engine.search import CatalogSearcher, build_index
 from mvclam.engine.search.index import token_index
-from mvclam.engine.search.searcher import SearchHit, _tokens_from_arrow
+from mvclam.engine.search.scoring import tokens_from_arrow
+from mvclam.engine.search.searcher import SearchHit
 from mvclam.engine.store.schema import multivector_array, vector_array
 from mvclam.kernels import maxsim_topk
 from mvclam.kernels.maxsim import merge_topk
@@ -58,7 +59,7 @@ def synthetic_batches(
 
     Rows up to the seed's size are the real molecules themselves; beyond it, each row joins the
     first-view tokens of one seed molecule with the second-view tokens of another, plus noise."""
-    tokens = _tokens_from_arrow(seed["tokens"]).float().numpy()
+    tokens = tokens_from_arrow(seed["tokens"]).float().numpy()
     half = tokens.shape[1] // 2
     for start in range(0, rows, chunk):
         size = min(chunk, rows - start)
@@ -117,7 +118,7 @@ def exact_truth(searcher: CatalogSearcher, queries: list[str], k: int) -> dict[s
     ids: list[str] = []
     scanner = searcher.table.to_lance().scanner(columns=["id", "tokens"], batch_size=8192)
     for batch in scanner.to_batches():
-        tokens = _tokens_from_arrow(batch.column("tokens"))
+        tokens = tokens_from_arrow(batch.column("tokens"))
         scores, index, _ = maxsim_topk(vectors.to(tokens.dtype), tokens, k=min(k, batch.num_rows))
         scores, index = torch.cat([top[0], scores.float()], 1), torch.cat([top[1], index + len(ids)], 1)
         top = merge_topk(scores, index, torch.zeros_like(index), k)[:2]
@@ -188,7 +189,7 @@ def measure(rows: int, seed: pa.Table, model, queries: list[str], args: argparse
 
     in_memory_gb = rows * first.column("tokens").nbytes / len(first) * 2 / 1e9  # float32 copy
     if in_memory_gb <= args.max_in_memory_gb:
-        tokens = _tokens_from_arrow(table.to_lance().to_table(columns=["tokens"])["tokens"])
+        tokens = tokens_from_arrow(table.to_lance().to_table(columns=["tokens"])["tokens"])
         ids = table.to_lance().to_table(columns=["id"])["id"].to_pylist()
         for dtype in (torch.float16, torch.float32):
             held = tokens.to(dtype)

@@ -25,7 +25,8 @@ from bench_search import exact_truth, latencies, recall
 from search_queries import QUERIES
 
 from mvclam.engine.search import CatalogSearcher
-from mvclam.engine.search.searcher import TOKEN_COLUMN, _tokens_from_arrow, rescore_candidates
+from mvclam.engine.search.index import TOKEN_COLUMN
+from mvclam.engine.search.scoring import rescore_candidates, tokens_from_arrow
 
 
 class AnnColumnsSearcher(CatalogSearcher):
@@ -38,7 +39,7 @@ class AnnColumnsSearcher(CatalogSearcher):
             if found.num_rows < limit * self.candidate_factor:
                 found = self._ann_columns(vector, limit * self.candidate_factor, where, adaptive=True)
             rows = found.select(self.result_columns).to_pylist()
-            for row, tokens in zip(rows, _tokens_from_arrow(found[TOKEN_COLUMN]), strict=True):
+            for row, tokens in zip(rows, tokens_from_arrow(found[TOKEN_COLUMN]), strict=True):
                 candidates.setdefault(row["id"], tokens)
                 columns.setdefault(row["id"], row)
         ids = list(candidates)

@@ -29,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,15 +37,19 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mvclam.engine.store.schema import TIMESTAMP
-
-CAPTION_FIELDS = (
-    pa.field("caption", pa.string()),
-    pa.field("caption_error", pa.string()),
-    pa.field("caption_model_version", pa.string()),
-    pa.field("caption_settings", pa.string()),  # JSON of the generation settings and backend
-    pa.field("caption_inchikey", pa.string()),  # the molecule the caption describes
-    pa.field("captioned_at", TIMESTAMP),
+from mvclam.engine.store import (
+    caption_todo_filter,
+    ensure_caption_columns,
+    merge_captions,
+    open_catalog_table,
+)
+from mvclam.jobs.common import (
+    actor_gpus,
+    checkpoint_blob,
+    init_ray,
+    load_job_config,
+    retry_per_row,
+    unpack_checkpoint,
 )
 
 
@@ -91,8 +96,6 @@ class CaptionTableJob:
 
 def load_caption_job(config: str | Path | None = None, **values: Any) -> CaptionTableJob:
     """A CaptionTableJob from a YAML job config (default: configs/caption.yaml) and `values`."""
-    from mvclam.jobs.embed import load_job_config
-
     return load_job_config(CaptionTableJob, "caption", config, values)
 
 
@@ -128,30 +131,6 @@ def caption_version(mvclam_version: str, captioner_version: str) -> str:
     return f"{mvclam_version}+{captioner_version}"
 
 
-def ensure_caption_columns(table) -> None:
-    """Adds the (nullable) caption columns to a table written by `mvclam embed`, once."""
-    missing = [f for f in CAPTION_FIELDS if f.name not in table.schema.names]
-    if missing:
-        table.add_columns(pa.schema(missing))
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def todo_filter(version: str, retry_errors: bool) -> str:
-    """Rows that need a caption from this version: none yet, another version, or another molecule."""
-    clauses = [
-        "caption_model_version IS NULL",
-        f"caption_model_version != {_quote(version)}",
-        "caption_inchikey IS NULL",
-        "caption_inchikey != inchikey",
-    ]
-    if retry_errors:
-        clauses.append("caption_error IS NOT NULL")
-    return " OR ".join(clauses)
-
-
 class CaptionActor:
     """Callable class for `map_batches`: loads MV-CLAM + captioner + backend once per actor."""
 
@@ -165,22 +144,15 @@ class CaptionActor:
         vllm_options: dict[str, Any] | None = None,
         llm_cache: str | None = None,
     ):
-        import ray
         import torch
 
         from mvclam.engine.captioning import GenerationSettings, load_captioning
         from mvclam.engine.embedder import default_device
 
         torch.set_num_threads(max(1, num_threads))
-        blob = ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
         self._tmp = tempfile.TemporaryDirectory(prefix="mvclam-caption-")
-        for name, data in blob.items():
-            target = Path(self._tmp.name, "ckpt", name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        self.captioning = load_captioning(
-            Path(self._tmp.name, "ckpt"), batch_size=batch_size, device=default_device()
-        )
+        directory = unpack_checkpoint(checkpoint, Path(self._tmp.name, "ckpt"))
+        self.captioning = load_captioning(directory, batch_size=batch_size, device=default_device())
         self.settings = GenerationSettings(**settings)
         if backend == "vllm":
             from mvclam.engine.captioning.backends import VLLMBackend
@@ -199,26 +171,15 @@ class CaptionActor:
 
         started = time.perf_counter()
         n = batch.num_rows
-        captions: list[str | None] = [None] * n
-        errors: list[str | None] = [None] * n
-        try:
-            views = views_from_arrow(
-                batch.select(VIEW_SCHEMA.names).replace_schema_metadata(VIEW_SCHEMA.metadata)
-            )
-            captions = list(self.captioning.caption_views(views, self.settings))
-        except Exception as batch_error:
-            if self.captioning.backend.is_fatal(batch_error):
-                raise  # the engine is gone: fail the job (it resumes) rather than mark every row
-            # Isolate the molecule that breaks the batch; the others are still captioned.
-            for i in range(n):
-                try:
-                    row = batch.slice(i, 1).select(VIEW_SCHEMA.names)
-                    view = views_from_arrow(row.replace_schema_metadata(VIEW_SCHEMA.metadata))
-                    captions[i] = self.captioning.caption_views(view, self.settings)[0]
-                except Exception as exc:
-                    if self.captioning.backend.is_fatal(exc):
-                        raise
-                    errors[i] = f"{type(exc).__name__}: {exc}"[:500]
+
+        def caption(rows: Sequence[int]) -> list[str]:
+            selected = batch.take(pa.array(rows, pa.int64())).select(VIEW_SCHEMA.names)
+            views = views_from_arrow(selected.replace_schema_metadata(VIEW_SCHEMA.metadata))
+            return list(self.captioning.caption_views(views, self.settings))
+
+        # A molecule that breaks the batch is isolated; the others are still captioned. A dead
+        # engine fails the job (it resumes) rather than mark every row.
+        captions, errors = retry_per_row(caption, list(range(n)), is_fatal=self.captioning.backend.is_fatal)
         tokens = [len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) if c else 0 for c in captions]
         seconds = time.perf_counter() - started
         return pa.table(
@@ -248,7 +209,6 @@ def _captioning_checkpoint(job: CaptionTableJob) -> Path:
 
 def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
     """Caption every row of the table that lacks a caption of this version; resumable."""
-    import lancedb
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -256,8 +216,6 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
     from mvclam.engine.captioning.checkpoint import read_captioner_manifest
     from mvclam.engine.models.checkpoint import read_manifest
     from mvclam.engine.views import VIEW_SCHEMA
-    from mvclam.jobs.embed import init_ray
-    from mvclam.jobs.embed_stages import checkpoint_blob
 
     started = time.perf_counter()
     directory = _captioning_checkpoint(job)
@@ -265,9 +223,9 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
         read_manifest(directory)["model_version"], read_captioner_manifest(directory)["captioner_version"]
     )
     summary = CaptionSummary(caption_version=version)
-    table = lancedb.connect(job.db).open_table(job.table)
+    table = open_catalog_table(job.db, job.table)
     ensure_caption_columns(table)
-    where = todo_filter(version, job.retry_errors)
+    where = caption_todo_filter(version, job.retry_errors)
     summary.rows_todo = table.count_rows(where)
     if job.limit is not None:
         summary.rows_todo = min(summary.rows_todo, job.limit)
@@ -281,9 +239,7 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
     try:
         context = DataContext.get_current()
         context.enable_progress_bars = job.progress
-        gpus = job.actor_gpus
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        gpus = actor_gpus(job.actor_gpus)
         dataset = ray.data.read_lance(table.to_lance().uri, columns=["id", *VIEW_SCHEMA.names], filter=where)
         if job.limit is not None:
             dataset = dataset.limit(job.limit)
@@ -311,20 +267,8 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
                 return
             rows = pa.concat_tables(pending)
             pending.clear()
-            now = pa.scalar(time.time_ns() // 1000, TIMESTAMP)
-            update = pa.table(
-                {
-                    "id": rows["id"],
-                    "caption": rows["caption"],
-                    "caption_error": rows["caption_error"],
-                    "caption_model_version": pa.array([version] * rows.num_rows, pa.string()),
-                    "caption_settings": pa.array([settings_json] * rows.num_rows, pa.string()),
-                    "caption_inchikey": rows["inchikey"],
-                    "captioned_at": pa.array([now] * rows.num_rows, TIMESTAMP),
-                }
-            )
             # Update-only merge: a caption never creates a row (an id deleted meanwhile stays gone).
-            table.merge_insert("id").when_matched_update_all().execute(update)
+            merge_captions(table, rows, version, settings_json)
             summary.commits += 1
             if job.progress:
                 print(

@@ -7,27 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-
-def add_overrides_argument(parser: argparse.ArgumentParser, example: str) -> None:
-    """The repeatable ``--set KEY=VALUE`` option shared by every subcommand that reads a YAML config."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config value, e.g. --set {example} (repeatable)",
-    )
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=None, help="checkpoint directory, or 'fresh' (default: the shipped model)"
-    )
-    parser.add_argument(
-        "--config", default=None, help="config (name in configs/ or YAML) of a fresh model; needs no --model"
-    )
-    add_overrides_argument(parser, "qformer.num_query_tokens=8")
+from mvclam.jobs.cli_args import add_model_arguments
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -82,17 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="print the resolved model config (and parameter counts)")
-    _add_model_arguments(info)
+    add_model_arguments(info)
     info.add_argument("--count-parameters", action="store_true")
     info.set_defaults(handler=_cmd_info)
 
     views = sub.add_parser("views", help="standardise SMILES and compute their 2D/3D views (JSON lines)")
     views.add_argument("smiles", nargs="+")
     views.add_argument("--strict", action="store_true", help="exit 1 if any row failed")
-    _add_model_arguments(views)
+    add_model_arguments(views)
     views.set_defaults(handler=_cmd_views)
 
-    from mvclam.jobs.caption import add_caption_subcommand
+    from mvclam.jobs.caption_cli import add_caption_subcommand
     from mvclam.jobs.embed_cli import add_embed_subcommand
     from mvclam.jobs.evaluate import add_evaluate_subcommand
     from mvclam.jobs.prepare_data import add_prepare_subcommand
@@ -107,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_subcommands(sub)
 
     demo = sub.add_parser("demo", help="embed a few molecules and texts end to end and rank them by MaxSim")
-    _add_model_arguments(demo)
+    add_model_arguments(demo)
     demo.set_defaults(handler=_cmd_demo)
     return parser
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import sys
 import tempfile
 import time
@@ -39,16 +38,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import yaml
 
-from mvclam.engine.store import ERRORS_SCHEMA, CatalogStore, embeddings_schema
-from mvclam.jobs.embed_io import CatalogDatasource, resolve_inputs
+from mvclam.engine.io import resolve_inputs
+from mvclam.engine.store import CatalogStore, embedded_rows, embeddings_schema, error_rows
+from mvclam.jobs.common import actor_gpus, checkpoint_blob, init_ray, load_job_config
+from mvclam.jobs.embed_io import CatalogDatasource
 from mvclam.jobs.embed_stages import (
     STATUS_FAILED,
     STATUS_OK,
     STATUS_SKIPPED,
     EncoderActor,
-    checkpoint_blob,
     compute_view_rows,
 )
 
@@ -100,21 +99,6 @@ class EmbedJob:
         from mvclam.engine.models.pretrained import resolve_checkpoint
 
         return resolve_checkpoint(self.model, self.model_config, self.model_overrides)
-
-
-def load_job_config(job_type: type, default: str, config: str | Path | None, values: dict[str, Any]) -> Any:
-    """A job dataclass from its YAML config (`default` names the shipped one), with `values` (e.g.
-    CLI arguments; None means "not given") taking precedence. Unknown YAML keys are an error."""
-    from mvclam.engine.models.config import config_path
-
-    with open(config_path(config or default)) as handle:
-        data = yaml.safe_load(handle) or {}
-    known = {f.name for f in dataclasses.fields(job_type)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {default} job key(s): {', '.join(unknown)}")
-    data.update({k: v for k, v in values.items() if v is not None})
-    return job_type(**data)
 
 
 def load_embed_job(config: str | Path | None = None, **values: Any) -> EmbedJob:
@@ -205,22 +189,6 @@ def _view_config(job: EmbedJob) -> dict[str, Any]:
     return load_config(job.model_config or "small", job.model_overrides).views.to_dict()
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to a cluster (`address`, else RAY_ADDRESS) or start a private local instance
-    (address="local": never attach by accident to another cluster on the machine). Returns whether
-    this call started Ray (and so must shut it down)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    return True
-
-
 @dataclass(frozen=True)
 class _RemoteArgs:
     num_cpus: float
@@ -277,39 +245,17 @@ class _Writer:
         if self.pending_rows >= self.job.commit_rows or (self.pending and overdue):
             self.flush()
 
-    @staticmethod
-    def _embedded_column(good: pa.Table, f: pa.Field, now: pa.Scalar) -> pa.Array | pa.ChunkedArray:
-        if f.name == "input_smiles":
-            return good["input"]
-        if f.name == "embedded_at":
-            return pa.array([now.as_py()] * good.num_rows, f.type)
-        return good[f.name]
-
     def flush(self) -> None:
         if not self.pending:
             return
         start = time.perf_counter()
         chunk = pa.concat_tables(self.pending)
         self.pending, self.pending_rows = [], 0
-        now = pa.scalar(datetime.now(UTC), pa.timestamp("us", tz="UTC"))
-        ok = pc.equal(chunk["status"], STATUS_OK)
-        good = chunk.filter(ok)
-        bad = chunk.filter(pc.equal(chunk["status"], STATUS_FAILED))
-        embedded = pa.Table.from_arrays(
-            [self._embedded_column(good, f, now) for f in self.schema], schema=self.schema
+        now = datetime.now(UTC)
+        embedded = embedded_rows(chunk.filter(pc.equal(chunk["status"], STATUS_OK)), self.schema, now)
+        failed = error_rows(
+            chunk.filter(pc.equal(chunk["status"], STATUS_FAILED)), self.summary.model_version, now
         )
-        failed = pa.table(
-            {
-                "id": bad["id"],
-                "input": bad["input"],
-                "error_code": bad["error_code"],
-                "reason": bad["error_reason"],
-                "source": bad["source"],
-                "source_row": bad["source_row"],
-                "model_version": pa.array([self.summary.model_version] * bad.num_rows, pa.string()),
-                "failed_at": pa.array([now.as_py()] * bad.num_rows, ERRORS_SCHEMA.field("failed_at").type),
-            }
-        ).cast(ERRORS_SCHEMA)
         self.store.write(embedded, failed)
         self.last_commit = self.clock()
         s = self.summary
@@ -349,9 +295,7 @@ def _run_pipeline(
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # first occurrence of an id wins, every run
     context.enable_progress_bars = job.progress
-    gpus = job.encoder_gpus
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    gpus = actor_gpus(job.encoder_gpus)
 
     source = CatalogDatasource(
         paths,

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from mvclam.jobs.cli_args import add_model_arguments
+
 
 def add_embed_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -19,17 +21,8 @@ def add_embed_subcommand(subparsers: argparse._SubParsersAction) -> argparse.Arg
     parser.add_argument("--db", required=True, help="LanceDB directory (created if missing)")
     parser.add_argument("--table", default=None, help="embeddings table (default: molecules)")
     parser.add_argument("--errors-table", default=None, help="errors table (default: <table>_errors)")
-    parser.add_argument(
-        "--model", default=None, help="checkpoint directory, or 'fresh' (default: the shipped trained model)"
-    )
-    parser.add_argument("--config", dest="model_config", default=None, help="model config for a fresh model")
-    parser.add_argument(
-        "--set",
-        dest="model_overrides",
-        action="append",
-        default=None,
-        metavar="KEY=VALUE",
-        help="override a model config value (repeatable)",
+    add_model_arguments(
+        parser, config_dest="model_config", overrides_dest="model_overrides", none_when_absent=True
     )
     parser.add_argument("--job-config", default=None, help="YAML job config (default: configs/embed.yaml)")
     parser.add_argument("--smiles-column", default=None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,8 +20,9 @@ import pyarrow.compute as pc
 import ray
 from rdkit import rdBase
 
-from mvclam.engine.store import PROPERTY_FIELDS, TOKEN_DTYPES, multivector_array, vector_array
+from mvclam.engine.store import TOKEN_DTYPES, done_mask, multivector_array, property_columns, vector_array
 from mvclam.engine.views import VIEW_SCHEMA, ViewConfig, compute_views_batch, views_to_arrow
+from mvclam.jobs.common import retry_per_row, unpack_checkpoint
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 READ_ERROR = "read_error"
@@ -52,13 +52,8 @@ def compute_view_rows(
 ) -> pa.Table:
     """READ_SCHEMA rows -> stage rows with views and properties (one output row per input row)."""
     start = time.perf_counter()
-    done_ids = _done_ids(done)
     n = batch.num_rows
-    skipped = (
-        pc.is_in(batch["id"], value_set=done_ids).to_numpy(zero_copy_only=False)
-        if done_ids is not None and len(done_ids)
-        else np.zeros(n, dtype=bool)
-    )
+    skipped = done_mask(batch["id"], _done_ids(done))
     read_errors = batch["read_error"].to_pylist()
     inputs = batch["input"].to_pylist()
     todo = [i for i in range(n) if not skipped[i] and read_errors[i] is None]
@@ -93,20 +88,12 @@ def compute_view_rows(
     columns["error_reason"] = pa.array(reasons, pa.string())
     for field in VIEW_FIELDS:
         columns[field.name] = views[field.name].take(take)
-    prop_values = list(zip(*properties, strict=True)) if properties else [()] * len(PROPERTY_FIELDS)
-    for field, values in zip(PROPERTY_FIELDS, prop_values, strict=True):
-        columns[field.name] = pa.array(values, field.type).take(take)
+    for name, values in property_columns(properties).items():
+        columns[name] = values.take(take)
     seconds = time.perf_counter() - start
     columns["_views_s"] = pa.array(np.full(n, seconds / max(n, 1)))
     columns["_views_node"] = pa.array([_node_id()] * n, pa.string())
     return pa.table(columns)
-
-
-def checkpoint_blob(directory: str | Path) -> dict[str, bytes]:
-    """A checkpoint directory as {relative path: bytes}: shipped through the object store so that
-    actors on other nodes load the identical model without a shared filesystem."""
-    root = Path(directory)
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 class EncoderActor:
@@ -125,13 +112,8 @@ class EncoderActor:
         from mvclam.engine.models.mvclam import MVCLAM
 
         torch.set_num_threads(max(1, num_threads))  # one actor = its Ray CPUs, not every core
-        blob = ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
         with tempfile.TemporaryDirectory(prefix="mvclam-ckpt-") as tmp:
-            for name, data in blob.items():
-                target = Path(tmp, name)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-            model = MVCLAM.from_pretrained(tmp).to(default_device()).eval()
+            model = MVCLAM.from_pretrained(unpack_checkpoint(checkpoint, tmp)).to(default_device()).eval()
         self.model = model
         self.value_type = TOKEN_DTYPES[token_dtype]
         self.numpy_dtype = np.float16 if token_dtype == "float16" else np.float32
@@ -158,19 +140,15 @@ class EncoderActor:
         embedded = np.ones(len(ok_rows), dtype=bool)
         if len(ok_rows):
             views = views_from_arrow(batch.take(pa.array(ok_rows)).select([f.name for f in VIEW_FIELDS]))
-            try:
-                tokens, pooled = self._embed(views)
-            except Exception:
-                # Isolate the molecule that breaks the batch; the others are still embedded.
-                for j, view in enumerate(views):
-                    try:
-                        t, p = self._embed([view])
-                        tokens[j], pooled[j] = t[0], p[0]
-                    except Exception as exc:
-                        embedded[j] = False
-                        row = int(ok_rows[j])
-                        status[row], codes[row] = STATUS_FAILED, ENCODER_ERROR
-                        reasons[row] = f"{type(exc).__name__}: {exc}"[:500]
+            # A molecule that breaks the batch is isolated; the others are still embedded.
+            results, errors = retry_per_row(lambda vs: list(zip(*self._embed(vs), strict=True)), views)
+            for j, (result, error) in enumerate(zip(results, errors, strict=True)):
+                if error is None:
+                    tokens[j], pooled[j] = result
+                else:
+                    embedded[j] = False
+                    row = int(ok_rows[j])
+                    status[row], codes[row], reasons[row] = STATUS_FAILED, ENCODER_ERROR, error
         position = np.full(n, -1, dtype=np.int64)
         position[ok_rows[embedded]] = np.arange(int(embedded.sum()))
         take = pa.array(position, mask=position < 0)

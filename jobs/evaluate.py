@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from mvclam.jobs.cli_args import add_model_arguments
+
 DEFAULT_PREPARED = Path("runs/data/v2")
 KNOWN_TRAINING_SOURCES = frozenset(
     {
@@ -75,7 +77,7 @@ def _train_data(args: argparse.Namespace, prepared: Path | None, exclude: set[st
         return load_train_data(source, exclude)
     if prepared is not None:
         return load_train_data(prepared, exclude)
-    from mvclam.jobs.prepare_data import default_data_dir
+    from mvclam.jobs.common import default_data_dir
 
     pairs = sorted((default_data_dir() / "pairs").glob("*.tsv"))
     return load_train_data(pairs, exclude) if pairs else None
@@ -229,11 +231,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--pairs", nargs="+", required=True, help="pair TSV file(s): cid, smiles, description"
     )
     parser.add_argument("--out", required=True, help="report JSON path")
-    parser.add_argument(
-        "--model", default=None, help="checkpoint directory, or 'fresh' (default: the shipped model)"
-    )
-    parser.add_argument("--config", default=None, help="config of a fresh model (default: the shipped model)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_model_arguments(parser)
     parser.add_argument(
         "--split", default="auto", choices=["auto", "test", "validation", "train", "all"],
         help="molecules to evaluate (auto: test split of training sources, everything otherwise)",

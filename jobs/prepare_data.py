@@ -12,23 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
+from mvclam.jobs.cli_args import add_overrides_argument
+from mvclam.jobs.common import default_data_dir
+
 DEFAULT_WEAK_FILE = "lpm24/train_props.txt.gz"
-
-
-def default_data_dir() -> Path:
-    if os.environ.get("MVCLAM_DATA_DIR"):
-        return Path(os.environ["MVCLAM_DATA_DIR"])
-    candidates = [
-        Path.cwd() / ".." / "shared" / "data",
-        Path(__file__).resolve().parents[1] / ".." / "shared" / "data",
-    ]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve()
-    return candidates[0]
 
 
 def default_pair_files(data_dir: Path) -> list[Path]:
@@ -90,7 +79,7 @@ def add_prepare_subcommand(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--seed", type=int, default=0, help="weak-label sampling and templating seed")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--config", default="small", help="model config whose `views` section is used")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides_argument(parser, "views.max_atoms=128")
     parser.set_defaults(handler=run_prepare)
     return parser
 

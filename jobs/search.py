@@ -14,6 +14,8 @@ import json
 import sys
 from typing import Any
 
+from mvclam.jobs.cli_args import add_model_argument
+
 DISPLAY_COLUMNS = ("mw", "logp", "hbd", "hba", "tpsa")
 
 
@@ -117,11 +119,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    import lancedb
-
     from mvclam.engine.search import build_index
+    from mvclam.engine.store import open_catalog_table
 
-    table = lancedb.connect(args.db).open_table(args.table)
+    table = open_catalog_table(args.db, args.table)
     report = build_index(
         table,
         index_type=args.index_type,
@@ -182,7 +183,7 @@ def add_search_subcommands(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--smiles", default=None, help="find molecules similar to this one instead")
     search.add_argument("--db", required=True, help="LanceDB directory or URI")
     search.add_argument("--table", default="molecules")
-    search.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    add_model_argument(search, "checkpoint (default: the shipped model)")
     search.add_argument("-k", type=int, default=10)
     search.add_argument(
         "--where", default=None, help="SQL predicate on stored columns, e.g. 'mw < 500 AND hbd <= 5'"
@@ -216,7 +217,7 @@ def add_search_subcommands(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve the search API and web page for one catalog table")
     serve.add_argument("--db", required=True)
     serve.add_argument("--table", default="molecules")
-    serve.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
+    add_model_argument(serve, "checkpoint (default: the shipped model)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(

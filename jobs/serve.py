@@ -29,7 +29,7 @@ from importlib import resources
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, create_model
 
 from mvclam.engine.search import CatalogSearcher, SearchError, SearchHit
 from mvclam.engine.store import PROPERTY_FIELDS
@@ -111,22 +111,19 @@ class SimilarRequest(BaseModel):
     depict: bool = Field(default=True, strict=True)
 
 
-class Hit(BaseModel):
-    id: str
-    score: float
-    best_token: int
-    match_probability: float | None = None
-    canonical_smiles: str | None = None
-    inchikey: str | None = None
-    mw: float | None = None
-    logp: float | None = None
-    hbd: int | None = None
-    hba: int | None = None
-    tpsa: float | None = None
-    rotatable_bonds: int | None = None
-    heavy_atoms: int | None = None
-    caption: str | None = None
-    svg: str | None = None
+# One search result: the score, identity, every stored property column (PROPERTY_FIELDS) and the caption.
+Hit = create_model(
+    "Hit",
+    id=(str, ...),
+    score=(float, ...),
+    best_token=(int, ...),
+    match_probability=(float | None, None),
+    canonical_smiles=(str | None, None),
+    inchikey=(str | None, None),
+    **{f.name: ((int if pa.types.is_integer(f.type) else float) | None, None) for f in PROPERTY_FIELDS},
+    caption=(str | None, None),
+    svg=(str | None, None),
+)
 
 
 class SearchResponse(BaseModel):

@@ -7,34 +7,27 @@ and starting the same command again resumes from ``OUTPUT/checkpoints/last``.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from mvclam.engine.models.config import apply_overrides, config_path
 from mvclam.engine.training import TrainConfig, TrainingResult, train_loop
-from mvclam.jobs.cli import add_overrides_argument
+from mvclam.jobs.cli_args import add_overrides_argument
+from mvclam.jobs.common import init_ray
 
 
 def load_train_config(stage: str, config: str | None, overrides: list[str]) -> TrainConfig:
     """Start from configs/train_<stage>.yaml (or --config FILE), then apply key=value overrides."""
-    with open(config_path(config or f"train_{stage}")) as handle:
-        data: dict[str, Any] = yaml.safe_load(handle) or {}
-    data["stage"] = stage
-    return TrainConfig.from_dict(apply_overrides(data, overrides))
+    return TrainConfig.load(stage, config, overrides)
 
 
 def run_training(config: TrainConfig) -> TrainingResult | None:
     if config.num_workers <= 1 and not config.ray_address:
         return train_loop(asdict(config))
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ray.init(address=config.ray_address or os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True)
+    # Ray's own choice without an address (an existing local cluster, else a new one); worker logs shown.
+    init_ray(config.ray_address, private=False, log_to_driver=True)
     output = Path(config.output_dir).resolve()
     trainer = TorchTrainer(
         train_loop,
@@ -72,7 +65,8 @@ def add_train_subcommand(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from mvclam.engine.models.checkpoint import export_checkpoint, read_manifest
+    from mvclam.engine.models.checkpoint import read_manifest
+    from mvclam.engine.models.export import export_checkpoint
 
     target = export_checkpoint(args.checkpoint, args.out, getattr(torch, args.dtype))
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())

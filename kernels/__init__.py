@@ -8,11 +8,12 @@ torch reference. Importing this package does not import Triton.
 from .cross_attention import query_cross_attention, query_cross_attention_reference
 from .dispatch import KernelUnavailableError, kernel_mode, triton_available, use_triton
 from .maxsim import maxsim, maxsim_reference, maxsim_topk, maxsim_topk_reference
-from .pair_bias import gaussian_pair_bias, gaussian_pair_bias_reference
+from .pair_bias import PairBiasWeights, gaussian_pair_bias, gaussian_pair_bias_reference
 from .projection import project_normalize, project_normalize_reference
 
 __all__ = [
     "KernelUnavailableError",
+    "PairBiasWeights",
     "gaussian_pair_bias",
     "gaussian_pair_bias_reference",
     "kernel_mode",

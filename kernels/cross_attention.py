@@ -12,27 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_same_device, check_tensor
+from ._checks import check_attention_inputs
 from .dispatch import use_triton
-
-
-def _check_attention_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor
-) -> None:
-    check_tensor("q", q, 4)
-    check_tensor("k", k, 4)
-    check_tensor("v", v, 4)
-    check_tensor("key_mask", key_mask, 2, (torch.bool,))
-    g, h, _, dh = q.shape
-    if tuple(k.shape) != tuple(v.shape):
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
-    if k.shape[0] != g or k.shape[1] != h or k.shape[3] != dh:
-        raise ValueError(f"q (G,H,K,dh)={tuple(q.shape)} and k (G,H,N,dh)={tuple(k.shape)} disagree")
-    if tuple(key_mask.shape) != (g, k.shape[2]):
-        raise ValueError(f"key_mask shape {tuple(key_mask.shape)} != (G, N) {(g, k.shape[2])}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
-    check_same_device(q=q, k=k, v=v, key_mask=key_mask)
 
 
 def query_cross_attention_reference(
@@ -44,7 +25,7 @@ def query_cross_attention_reference(
 ) -> torch.Tensor:
     """Torch reference: explicit masked softmax in float32 (differentiable; no SDPA so that fully
     padded groups give exact zeros, deterministically). Shapes as :func:`query_cross_attention`."""
-    _check_attention_inputs(q, k, v, key_mask)
+    check_attention_inputs(q, k, v, key_mask)
     sc = q.shape[-1] ** -0.5 if scale is None else float(scale)
     s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * sc  # (G, H, K, N)
     s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
@@ -75,7 +56,7 @@ def query_cross_attention(
     Returns:
         (G, H, K, dh) in q's dtype; accumulation is float32. Groups with no valid key give zeros.
     """
-    _check_attention_inputs(q, k, v, key_mask)
+    check_attention_inputs(q, k, v, key_mask)
     if use_triton(q, k, v, key_mask):
         from .triton_cross_attention import query_cross_attention_triton
 

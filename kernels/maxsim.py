@@ -13,29 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_same_device, check_tensor
+from ._checks import check_maxsim_inputs, merge_topk
 from .dispatch import use_triton
+
+__all__ = ["maxsim", "maxsim_reference", "maxsim_topk", "maxsim_topk_reference", "merge_topk"]
 
 # Elements of the float32 (T, chunk, Q) similarity block the reference may hold at once (64 MiB).
 _REF_BLOCK_ELEMS = 1 << 24
-
-
-def _check_maxsim_inputs(
-    queries: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor | None
-) -> None:
-    check_tensor("queries", queries, 2)
-    check_tensor("tokens", tokens, 3)
-    if queries.shape[1] != tokens.shape[2]:
-        raise ValueError(
-            f"queries (T, D={queries.shape[1]}) and tokens (M, Q, D={tokens.shape[2]}) disagree on D"
-        )
-    if token_mask is not None:
-        check_tensor("token_mask", token_mask, 2, (torch.bool,))
-        if tuple(token_mask.shape) != tuple(tokens.shape[:2]):
-            raise ValueError(
-                f"token_mask shape {tuple(token_mask.shape)} != tokens (M, Q) {tuple(tokens.shape[:2])}"
-            )
-    check_same_device(queries=queries, tokens=tokens, token_mask=token_mask)
 
 
 def _auto_chunk(t: int, q: int, d: int, chunk_size: int | None) -> int:
@@ -88,7 +72,7 @@ def maxsim_reference(
         scores (T, M) float32 (``-inf`` for a molecule with no valid token) and
         best_token (T, M) int64 (arg-max token index, ``-1`` for such molecules).
     """
-    _check_maxsim_inputs(queries, tokens, token_mask)
+    check_maxsim_inputs(queries, tokens, token_mask)
     t, m, q = queries.shape[0], tokens.shape[0], tokens.shape[1]
     if q == 0:
         return (
@@ -122,20 +106,6 @@ def _maxsim_chunked(
     return scores, best
 
 
-def merge_topk(
-    scores: torch.Tensor, index: torch.Tensor, best: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-``k`` of candidate rows (T, C), sorted by (score descending, molecule index ascending).
-
-    Two stable sorts give an exact, deterministic tie order (lower molecule index first); candidate
-    slots that hold no molecule must carry a huge index so that they lose ties against real ``-inf``.
-    """
-    order = torch.sort(index, dim=1, stable=True).indices
-    scores, index, best = scores.gather(1, order), index.gather(1, order), best.gather(1, order)
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    return scores.gather(1, order), index.gather(1, order), best.gather(1, order)
-
-
 def maxsim_topk_reference(
     queries: torch.Tensor,
     tokens: torch.Tensor,
@@ -149,7 +119,7 @@ def maxsim_topk_reference(
     Returns scores (T, k') float32, molecule_index (T, k') int64 and best_token (T, k') int64 with
     ``k' = min(k, M)``, sorted by score descending; ties go to the lower molecule index.
     """
-    _check_maxsim_inputs(queries, tokens, token_mask)
+    check_maxsim_inputs(queries, tokens, token_mask)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     t, m, q = queries.shape[0], tokens.shape[0], tokens.shape[1]
@@ -192,7 +162,7 @@ def maxsim(
         scores (T, M) float32, or ``(scores, best_token)`` with best_token (T, M) int64
         (``-1`` and score ``-inf`` for molecules without a valid token).
     """
-    _check_maxsim_inputs(queries, tokens, token_mask)
+    check_maxsim_inputs(queries, tokens, token_mask)
     if use_triton(queries, tokens, token_mask):
         from .triton_maxsim import maxsim_triton
 
@@ -217,7 +187,7 @@ def maxsim_topk(
     ``k' = min(k, M)``, sorted by score descending (ties: lower molecule index first). The Triton
     path writes only per-block partial top-k lists, never the (T, M) score matrix.
     """
-    _check_maxsim_inputs(queries, tokens, token_mask)
+    check_maxsim_inputs(queries, tokens, token_mask)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if use_triton(queries, tokens, token_mask):

@@ -28,16 +28,15 @@ FlashAttention); under TRITON_INTERPRET bfloat16 is converted to float32 right a
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._checks import next_pow2
-from .cross_attention import _check_attention_inputs
+from ._checks import check_attention_inputs, next_pow2
+from .dispatch import interpreter_enabled
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+_INTERPRET = interpreter_enabled()  # decided at import, like Triton itself does
 _LOG2E = 1.4426950408889634
 
 
@@ -150,7 +149,7 @@ def query_cross_attention_triton(
 
     Returns (G, H, K, dh) in q's dtype. Block sizes are overridable for tests.
     """
-    _check_attention_inputs(q, k, v, key_mask)
+    check_attention_inputs(q, k, v, key_mask)
     g, h, kq, dh = q.shape
     n = k.shape[2]
     sc = dh**-0.5 if scale is None else float(scale)

@@ -38,17 +38,15 @@ keeps ~float32 accuracy. Under TRITON_INTERPRET, bfloat16 loads are converted to
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._checks import next_pow2
-from .maxsim import _check_maxsim_inputs, merge_topk
+from ._checks import check_maxsim_inputs, merge_topk, next_pow2
+from .dispatch import interpreter_enabled
 
 # Decided when this module (and so its @triton.jit functions) is imported, like Triton itself does.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+_INTERPRET = interpreter_enabled()
 _NO_MOLECULE = torch.iinfo(torch.int64).max  # index of empty partial-top-k slots: loses every tie
 
 
@@ -277,6 +275,16 @@ def _launch(
     return scores, best, part_s, part_i, part_b
 
 
+def _no_match_topk(t: int, kk: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``kk`` when nothing can match (no texts, molecules or tokens), as the reference gives it:
+    every score ``-inf``, so the ties go to molecules 0..kk-1, with best token ``-1``."""
+    return (
+        torch.full((t, kk), float("-inf"), dtype=torch.float32, device=device),
+        torch.arange(kk, dtype=torch.int64, device=device).expand(t, kk).contiguous(),
+        torch.full((t, kk), -1, dtype=torch.int64, device=device),
+    )
+
+
 def maxsim_triton(
     queries: torch.Tensor,
     tokens: torch.Tensor,
@@ -291,7 +299,7 @@ def maxsim_triton(
 
     Same semantics as :func:`kernels.maxsim.maxsim_reference`; block sizes are overridable for tests.
     """
-    _check_maxsim_inputs(queries, tokens, token_mask)
+    check_maxsim_inputs(queries, tokens, token_mask)
     t, m = queries.shape[0], tokens.shape[0]
     if tokens.shape[1] == 0:
         return (
@@ -320,15 +328,13 @@ def maxsim_topk_triton(
     Returns (scores (T, k'), molecule_index (T, k'), best_token (T, k')), k' = min(k, M), sorted
     by score descending with ties to the lower molecule index, exactly like the reference.
     """
-    _check_maxsim_inputs(queries, tokens, token_mask)
+    check_maxsim_inputs(queries, tokens, token_mask)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     t, m, q = queries.shape[0], tokens.shape[0], tokens.shape[1]
     kk = min(int(k), m)
     if kk == 0 or q == 0 or t == 0:
-        from .maxsim import maxsim_topk_reference
-
-        return maxsim_topk_reference(queries, tokens, token_mask, k=k)
+        return _no_match_topk(t, kk, queries.device)
     bm = block_m or min(128, max(32, next_pow2(4 * kk)))
     k_part = min(kk, bm)
     _, _, ps, pi, pb = _launch(

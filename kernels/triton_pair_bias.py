@@ -36,18 +36,16 @@ tensor-core products, ~float32 accuracy); under TRITON_INTERPRET dots are exact 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._checks import next_pow2
-from .pair_bias import _check_pair_bias_inputs
+from ._checks import TRITON_MAX_HIDDEN, PairBiasWeights, next_pow2
+from .dispatch import interpreter_enabled
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+_INTERPRET = interpreter_enabled()  # decided at import, like Triton itself does
 _PRECISIONS = ("ieee", "tf32x3", "tf32")
-MAX_HIDDEN = 256  # keep in sync with kernels.pair_bias; the (BLOCK_P, Kh) hidden tile and the (Kh, H) W2 tile must fit on chip
+MAX_HIDDEN = TRITON_MAX_HIDDEN  # the (BLOCK_P, Kh) hidden tile and the (Kh, H) W2 tile must fit on chip
 
 
 @triton.jit
@@ -148,15 +146,7 @@ def gaussian_pair_bias_triton(
     coords: torch.Tensor,
     atom_types: torch.Tensor,
     atom_mask: torch.Tensor,
-    pair_mul: torch.Tensor,
-    pair_add: torch.Tensor,
-    means: torch.Tensor,
-    stds: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    *,
+    *weights: PairBiasWeights | torch.Tensor,
     precision: str | None = None,
     block_i: int | None = None,
     block_j: int | None = None,
@@ -164,21 +154,21 @@ def gaussian_pair_bias_triton(
 ) -> torch.Tensor:
     """Triton version of :func:`kernels.pair_bias.gaussian_pair_bias` (forward only).
 
-    Returns (B, H, N, N) float32. ``precision`` is the ``tl.dot`` input precision (default
-    ``tf32x3`` on GPU, ``ieee`` in the interpreter); block sizes are overridable for tests.
+    ``weights``: one :class:`PairBiasWeights` or its eight tensors in field order. Returns
+    (B, H, N, N) float32. ``precision`` is the ``tl.dot`` input precision (default ``tf32x3`` on
+    GPU, ``ieee`` in the interpreter); block sizes are overridable for tests.
     """
-    n_types = _check_pair_bias_inputs(
-        coords, atom_types, atom_mask, pair_mul, pair_add, means, stds, w1, b1, w2, b2
-    )
+    w = PairBiasWeights.of(*weights)
+    n_types = w.check(coords, atom_types, atom_mask)
     prec = precision or ("ieee" if _INTERPRET else "tf32x3")
     if prec not in _PRECISIONS:
         raise ValueError(f"precision must be one of {_PRECISIONS}, got {prec!r}")
     bsz, n, _ = coords.shape
-    kg, kh, h = means.numel(), w1.shape[0], w2.shape[0]
+    kg, kh, h = w.means.numel(), w.hidden_size, w.num_heads
     out = torch.empty((bsz, h, n, n), dtype=torch.float32, device=coords.device)
     if out.numel() == 0:
         return out
-    f32 = [t.float().contiguous() for t in (pair_mul, pair_add, means, stds, w1, b1, w2, b2)]
+    f32 = [t.float().contiguous() for t in w.tensors()]
     xyz = coords.float()
     mask = atom_mask.view(torch.uint8)
     bj = block_j or min(32, max(8, next_pow2(n)))

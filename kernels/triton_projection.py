@@ -26,16 +26,14 @@ otherwise both are converted to float32 and use ``tf32x3`` on GPU (~float32 accu
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from ._checks import next_pow2
-from .projection import TRITON_MAX_D, _check_projection_inputs
+from ._checks import TRITON_MAX_D, check_projection_inputs, next_pow2
+from .dispatch import interpreter_enabled
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+_INTERPRET = interpreter_enabled()  # decided at import, like Triton itself does
 
 
 @triton.jit
@@ -105,7 +103,7 @@ def project_normalize_triton(
 
     Returns (..., D) in ``out_dtype`` (default x.dtype). Block sizes are overridable for tests.
     """
-    _check_projection_inputs(x, weight, bias, out_dtype)
+    check_projection_inputs(x, weight, bias, out_dtype)
     d, hin = weight.shape
     if d > TRITON_MAX_D:
         raise ValueError(f"D={d} exceeds the Triton kernel's single-tile limit {TRITON_MAX_D}")

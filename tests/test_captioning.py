@@ -28,7 +28,8 @@ from mvclam.engine.captioning import (
 from mvclam.engine.models.config import load_config
 from mvclam.engine.models.mvclam import MVCLAM
 from mvclam.engine.views import collate_views, compute_views_batch
-from mvclam.jobs.caption import add_caption_subcommand, read_smi
+from mvclam.jobs.caption import read_smi
+from mvclam.jobs.caption_cli import add_caption_subcommand
 
 SMILES = ["CCO", "CC(=O)Oc1ccccc1C(=O)O", "c1ccccc1O"]
 DESCRIPTIONS = [
@@ -40,12 +41,8 @@ GREEDY = GenerationSettings(max_new_tokens=6)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One thread: on a shared 2-core machine two OpenMP threads spin against other processes (10x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

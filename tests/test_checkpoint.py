@@ -128,7 +128,7 @@ def test_untrained_lm_head_is_not_stored(tmp_path):
 
 
 def test_export_trims_unused_positions_and_keeps_outputs(trained_model, tmp_path):
-    from mvclam.engine.models.checkpoint import export_checkpoint
+    from mvclam.engine.models.export import export_checkpoint
 
     trained_model.save_pretrained(tmp_path / "full")
     export_checkpoint(tmp_path / "full", tmp_path / "shipped", torch.float16)

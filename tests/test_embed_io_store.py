@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mvclam.engine.io import catalog_format, read_catalog_file, resolve_inputs
 from mvclam.engine.store import (
     ERRORS_SCHEMA,
     PROPERTY_FIELDS,
@@ -21,7 +22,6 @@ from mvclam.engine.store import (
     vector_array,
 )
 from mvclam.engine.views import MoleculeProperties
-from mvclam.jobs.embed_io import catalog_format, read_catalog_file, resolve_inputs
 
 
 def read_all(path, **kwargs) -> pa.Table:

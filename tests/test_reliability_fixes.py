@@ -19,11 +19,12 @@ import pytest
 ray = pytest.importorskip("ray")
 lancedb = pytest.importorskip("lancedb")
 
+from conftest import running_server  # noqa: E402
 from test_embed_job import job as embed_job  # noqa: E402
 from test_embed_job import make_checkpoint, read_tables, sample_rows, write_csv  # noqa: E402
 
+from mvclam.engine.io import read_catalog_file  # noqa: E402
 from mvclam.engine.store import ERRORS_SCHEMA, PROPERTY_FIELDS, CatalogStore, embeddings_schema  # noqa: E402
-from mvclam.jobs.embed_io import read_catalog_file  # noqa: E402
 
 
 def read_stream(path: Path, **kwargs: Any) -> list[dict[str, Any]]:
@@ -326,27 +327,10 @@ def searcher(tmp_path_factory, checkpoint):
 
 @pytest.fixture(scope="module")
 def server(searcher):
-    import socket
-
-    import uvicorn
-
     from mvclam.jobs.serve import create_app
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(
-        uvicorn.Config(create_app(searcher), host="127.0.0.1", port=port, log_level="critical")
-    )
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not instance.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert instance.started
-    yield port
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with running_server(create_app(searcher), log_level="critical") as port:
+        yield port
 
 
 def post(port: int, path: str, body: dict | bytes, timeout: float = 60) -> tuple[int, Any]:

@@ -14,10 +14,11 @@ import pytest
 ray = pytest.importorskip("ray")
 lancedb = pytest.importorskip("lancedb")
 
+from conftest import running_server  # noqa: E402
 from test_embed_job import make_checkpoint, sample_rows, write_csv  # noqa: E402
 
 from mvclam.engine.search import CatalogSearcher, SearchError, build_index  # noqa: E402
-from mvclam.engine.search.searcher import _tokens_from_arrow  # noqa: E402
+from mvclam.engine.search.scoring import tokens_from_arrow  # noqa: E402
 from mvclam.jobs.embed import load_embed_job, run_embed  # noqa: E402
 
 QUERIES = ["an aromatic carboxylic acid", "a steroid hormone", "a basic amine drug", "sulfonamide"]
@@ -55,7 +56,7 @@ def searcher(catalog) -> CatalogSearcher:
 def brute_force(searcher: CatalogSearcher, text: str) -> tuple[list[str], np.ndarray]:
     """MaxSim by hand over every stored row, independent of the searcher's code paths."""
     table = searcher.table.to_arrow()
-    tokens = _tokens_from_arrow(table["tokens"]).float().numpy()
+    tokens = tokens_from_arrow(table["tokens"]).float().numpy()
     query = searcher.embed_query(text).numpy()
     scores = np.einsum("mkd,d->mk", tokens, query).max(axis=1)
     order = np.argsort(-scores, kind="stable")
@@ -210,7 +211,7 @@ def test_molecule_to_molecules_and_texts(searcher):
     table = searcher.table.to_arrow()
     smiles = table["canonical_smiles"][0].as_py()
     _, embedded = MoleculeEmbedder(searcher.model).embed_smiles([smiles])
-    stored = _tokens_from_arrow(table["tokens"]).float().numpy()
+    stored = tokens_from_arrow(table["tokens"]).float().numpy()
     pooled = np.stack(table["pooled"].to_numpy(zero_copy_only=False)).astype(np.float32)
     query_tokens, query_pooled = embedded.tokens[0].float().numpy(), embedded.pooled[0].float().numpy()
     expected = {  # by hand: mean over query tokens of the best stored token; pooled cosine
@@ -279,29 +280,10 @@ def test_cli_search_and_index(catalog):
 @pytest.fixture(scope="module")
 def server(searcher):
     """The real app on a free loopback port, served by uvicorn in a thread."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
     from mvclam.jobs.serve import create_app
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(
-        uvicorn.Config(create_app(searcher), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not instance.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert instance.started
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with running_server(create_app(searcher)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def call(url: str, payload: dict | None = None) -> tuple[int, dict]:

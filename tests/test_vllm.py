@@ -57,16 +57,7 @@ def _sample_smiles(n: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    # One torch thread: the machine is shared (vLLM's CPU worker binds its own core).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def shipped(one_thread):
+def shipped(one_torch_thread):
     """The shipped checkpoint's MV-CLAM + trained captioner, with the transformers backend."""
     _need_vllm()
     from mvclam.engine.captioning import load_captioning

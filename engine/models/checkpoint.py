@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,23 +121,33 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> MVCLAM:
-    from mvclam.engine.models.mvclam import MVCLAM
+@dataclass
+class CheckpointContents:
+    """What a checkpoint directory holds, before a model is built from it."""
 
+    manifest: dict[str, Any]
+    config: MVCLAMConfig
+    tokenizer: Any  # None: the tokenizer of the pinned MiniLM package
+
+
+def read_checkpoint(directory: str | Path) -> CheckpointContents:
+    """The manifest, model config and tokenizer of `directory` (the weights follow in load_weights)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    config = MVCLAMConfig.from_dict(manifest["config"])
     if (directory / "tokenizer.json").is_file():  # checkpoints written by earlier versions
         tokenizer = load_tokenizer(str(directory))
     elif (directory / "vocab.txt").is_file():
         tokenizer = load_tokenizer(str(directory / "vocab.txt"))
     else:
         tokenizer = None
-    model = MVCLAM(config, load_pretrained=False, tokenizer=tokenizer)
+    return CheckpointContents(manifest, MVCLAMConfig.from_dict(manifest["config"]), tokenizer)
 
+
+def load_weights(model: MVCLAM, directory: str | Path, manifest: dict[str, Any]) -> None:
+    """Fill `model` (built from the checkpoint's config) with its stored and referenced weights."""
     state = {
         k: v.float() if v.is_floating_point() else v
-        for k, v in load_file(str(directory / WEIGHTS_FILE)).items()
+        for k, v in load_file(str(Path(directory) / WEIGHTS_FILE)).items()
     }
     package_states: dict[str, dict[str, torch.Tensor]] = {}
     for name, ref in manifest.get("referenced_tensors", {}).items():
@@ -162,24 +173,3 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
             f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     model.model_version = manifest["model_version"]
-    return model.to(map_location)
-
-
-def export_checkpoint(
-    source: str | Path, target: str | Path, weights_dtype: torch.dtype = torch.float16
-) -> Path:
-    """A compact copy for shipping: weights in `weights_dtype`, and the position-embedding rows
-    past `max_text_length` dropped (texts are truncated there and query tokens have no positions,
-    so those rows are never read). Embeddings of the copy equal the source's up to the dtype."""
-    from mvclam.engine.models.mvclam import MVCLAM
-
-    model = MVCLAM.from_pretrained(source)
-    length = model.config.max_text_length
-    embedding = model.qformer.embeddings.position_embeddings
-    if embedding.num_embeddings > length:
-        trimmed = torch.nn.Embedding(length, embedding.embedding_dim)
-        with torch.no_grad():
-            trimmed.weight.copy_(embedding.weight[:length])
-        model.qformer.embeddings.position_embeddings = trimmed
-        model.config.qformer.max_position_embeddings = length
-    return model.save_pretrained(target, weights_dtype=weights_dtype)

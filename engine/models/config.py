@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+# config_path and apply_overrides are re-exported: model configs are read by the shared loader.
+from mvclam.engine.config_io import apply_overrides as apply_overrides
+from mvclam.engine.config_io import build_dataclass, read_config
+from mvclam.engine.config_io import config_path as config_path
 from mvclam.engine.views import ViewConfig
 
 
@@ -118,55 +119,12 @@ class MVCLAMConfig:
         if "allowed_elements" in views:
             views["allowed_elements"] = tuple(views["allowed_elements"])
         parts["views"] = _build(ViewConfig, views, "views")
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        return cls(**data, **parts)
+        return build_dataclass(cls, {**data, **parts}, "config keys")
 
 
 def _build(part_type: type, values: dict[str, Any], section: str) -> Any:
-    known = {f.name for f in dataclasses.fields(part_type)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown keys in config section '{section}': {sorted(unknown)}")
-    return part_type(**values)
-
-
-def config_path(name_or_path: str | Path) -> Path:
-    """Resolve a config name shipped with the package (``small``, ``paper``) or a YAML path."""
-    path = Path(name_or_path)
-    if path.suffix in {".yaml", ".yml"} or path.exists():
-        if not path.exists():
-            raise FileNotFoundError(f"config file not found: {path}")
-        return path
-    shipped = resources.files("mvclam.configs") / f"{name_or_path}.yaml"
-    if not shipped.is_file():
-        available = sorted(
-            p.name.removesuffix(".yaml")
-            for p in resources.files("mvclam.configs").iterdir()
-            if p.name.endswith(".yaml")
-        )
-        raise FileNotFoundError(f"no shipped config named '{name_or_path}'; available: {available}")
-    return Path(str(shipped))
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested config dict."""
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override must look like section.key=value, got '{item}'")
-        dotted, raw = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        node = data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override '{item}': '{key}' is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
-    return data
+    return build_dataclass(part_type, values, f"keys in config section '{section}'")
 
 
 def load_config(name_or_path: str | Path = "small", overrides: list[str] | None = None) -> MVCLAMConfig:
-    with open(config_path(name_or_path)) as handle:
-        data = yaml.safe_load(handle) or {}
-    return MVCLAMConfig.from_dict(apply_overrides(data, overrides))
+    return MVCLAMConfig.from_dict(read_config(name_or_path, overrides))

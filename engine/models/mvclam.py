@@ -22,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mvclam.engine import losses
+from mvclam.engine.models import checkpoint
 from mvclam.engine.models.config import MVCLAMConfig
 from mvclam.engine.models.mat import MATEncoder
 from mvclam.engine.models.mqformer import MQFormer
@@ -317,15 +318,14 @@ class MVCLAM(nn.Module):
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, directory: str | Path, weights_dtype: torch.dtype = torch.float32) -> Path:
-        from mvclam.engine.models.checkpoint import save_checkpoint
-
-        return save_checkpoint(self, directory, weights_dtype)
+        return checkpoint.save_checkpoint(self, directory, weights_dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> MVCLAM:
-        from mvclam.engine.models.checkpoint import load_checkpoint
-
-        return load_checkpoint(directory, map_location)
+        contents = checkpoint.read_checkpoint(directory)
+        model = cls(contents.config, load_pretrained=False, tokenizer=contents.tokenizer)
+        checkpoint.load_weights(model, directory, contents.manifest)
+        return model.to(map_location)
 
     def parameter_counts(self) -> dict[str, int]:
         parts = {

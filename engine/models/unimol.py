@@ -13,7 +13,7 @@ from torch import nn
 
 from mvclam.engine.models.config import Conformer3DEncoderConfig
 from mvclam.engine.views import NUM_ELEMENT_TYPES, ViewBatch
-from mvclam.kernels import gaussian_pair_bias
+from mvclam.kernels import PairBiasWeights, gaussian_pair_bias
 
 
 class GaussianPairBias(nn.Module):
@@ -32,19 +32,17 @@ class GaussianPairBias(nn.Module):
         self.to_heads = nn.Linear(num_gaussians, num_heads)
 
     def forward(self, batch: ViewBatch) -> torch.Tensor:
-        return gaussian_pair_bias(
-            batch.coordinates,
-            batch.element_indices,
-            batch.atom_mask,
-            self.pair_mul,
-            self.pair_add,
-            self.means,
-            self.stds,
-            self.hidden.weight,
-            self.hidden.bias,
-            self.to_heads.weight,
-            self.to_heads.bias,
+        weights = PairBiasWeights(
+            pair_mul=self.pair_mul,
+            pair_add=self.pair_add,
+            means=self.means,
+            stds=self.stds,
+            w1=self.hidden.weight,
+            b1=self.hidden.bias,
+            w2=self.to_heads.weight,
+            b2=self.to_heads.bias,
         )
+        return gaussian_pair_bias(batch.coordinates, batch.element_indices, batch.atom_mask, weights)
 
 
 class UniMolLayer(nn.Module):

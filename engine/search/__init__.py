@@ -1,7 +1,9 @@
 """Catalog search: text → molecules by MaxSim, molecule → molecules/texts, index management."""
 
+from .errors import SearchError
 from .index import BRUTE_FORCE_ROWS, IndexReport, build_index, token_index
-from .searcher import CatalogSearcher, SearchError, SearchHit, token_set_similarity
+from .scoring import token_set_similarity
+from .searcher import CatalogSearcher, SearchHit
 
 __all__ = [
     "BRUTE_FORCE_ROWS",

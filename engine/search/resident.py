@@ -7,7 +7,8 @@ them per query with the fused MaxSim kernel: 4.0 ms for the top 10 of 1M through
 H200 (docs/benchmarks.md), exact, with no index to build or tune.
 
 The copy is tied to the table version it was read from; the searcher reloads it when the table
-moves on (rows embedded or deleted, compaction) and reads result columns by the stored row ids.
+moves on (rows embedded or deleted, compaction) and reads result columns by the stored row ids
+(`candidates.ResidentCandidates`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from mvclam.engine.search.index import TOKEN_COLUMN
-from mvclam.engine.search.searcher import _tokens_from_arrow, exact_scores
+from mvclam.engine.search.scoring import exact_scores, tokens_from_arrow
 from mvclam.kernels import maxsim_topk
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class ResidentTokens:
         for batch in scanner.to_batches():
             if batch.num_rows == 0:
                 continue
-            part = _tokens_from_arrow(batch.column(TOKEN_COLUMN))
+            part = tokens_from_arrow(batch.column(TOKEN_COLUMN))
             if tokens is None:
                 tokens = torch.empty((rows, *part.shape[1:]), dtype=part.dtype, device=device)
             tokens[filled : filled + len(part)] = part.to(device)

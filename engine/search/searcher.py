@@ -1,49 +1,57 @@
 """Search an embedded catalog: text → molecules, molecule → molecules, molecule → texts.
 
-Two candidate paths, one exact scorer:
+`CatalogSearcher` composes the parts: a candidate strategy finds the exact top rows
+(`engine.search.candidates`: streamed scan, ANN index re-scored exactly, or a device-resident copy),
+scored by `engine.search.scoring` (MaxSim for a text, token-set similarity for a molecule, cosine
+for pooled vectors); a SMARTS pattern (`engine.search.smarts`) is checked with RDKit on the
+candidates, fetching more until k hits pass or the table is exhausted; the matching head can
+re-rank the hits of a text query.
 
-* index path (the token column has an ANN index): LanceDB's multi-vector search with one query
-  vector returns ``1 − max_j cos(q, d_j)``, an approximation of MaxSim; it over-fetches candidates
-  and refines them, then the exact MaxSim (the `kernels.maxsim` dispatch: Triton on GPUs, torch
-  otherwise) re-scores them from the stored tokens.
-* exact path (no index: small tables, or ``exact=True``): the token column is streamed in Arrow
-  batches and scored with `kernels.maxsim_topk`, keeping a running top-k; or, with
-  ``resident_device`` (a GPU for a long-lived service), every token is held on that device and
-  scored per query (`resident.ResidentTokens`), exact and used in place of the index.
-
-Filters: a SQL predicate on stored columns is pushed down to Lance (prefilter); a SMARTS pattern is
-checked with RDKit on candidates, fetching more candidates until k hits pass or the table is
-exhausted. Rows of other model versions are never mixed in: their vectors live in another space.
+Filters: a SQL predicate on stored columns is pushed down to Lance (prefilter). Rows of other model
+versions are never mixed in: their vectors live in another space.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from mvclam.engine.search.candidates import (
+    DEFAULT_NPROBES,
+    Candidates,
+    CatalogScope,
+    IndexCandidates,
+    ResidentCandidates,
+    ScanCandidates,
+)
+from mvclam.engine.search.errors import SearchError
 from mvclam.engine.search.index import TOKEN_COLUMN, token_index
-from mvclam.kernels import maxsim, maxsim_topk
+from mvclam.engine.search.resident import ResidentTokens
+from mvclam.engine.search.smarts import compile_smarts, matches_smarts
+from mvclam.engine.store import (
+    CAPTION_FIELDS,
+    PROPERTY_COLUMNS,
+    CatalogTableNotFound,
+    open_catalog_table,
+    sql_quote,
+)
+from mvclam.kernels import maxsim
 
 if TYPE_CHECKING:
     import lancedb
 
     from mvclam.engine.models.mvclam import MVCLAM
-    from mvclam.engine.search.resident import ResidentTokens
     from mvclam.engine.views import MoleculeViews
 
-# LanceDB's multi-vector search returns fewer rows than asked when a molecule's tokens are
-# near-duplicates unless it over-fetches per token (read once per process); the searcher's
-# adaptive-probe retry covers what remains.
-os.environ.setdefault("LANCE_XTR_OVERFETCH", "64")
+__all__ = ["DEFAULT_NPROBES", "MAX_CANDIDATES", "MAX_K", "CatalogSearcher", "SearchError", "SearchHit"]
+
+# A candidate strategy's bound `candidates(query, limit, where)`.
+CandidateFn = Callable[[torch.Tensor, int, str | None], Candidates]
 
 # Stored columns returned with each hit (vectors and views are internal; they stay on disk).
 RESULT_COLUMNS = (
@@ -51,24 +59,17 @@ RESULT_COLUMNS = (
     "input_smiles",
     "canonical_smiles",
     "inchikey",
-    "mw",
-    "logp",
-    "hbd",
-    "hba",
-    "tpsa",
-    "rotatable_bonds",
-    "heavy_atoms",
+    *PROPERTY_COLUMNS,
     "source",
     "model_name",
     "model_version",
 )
-CAPTION_COLUMNS = ("caption", "caption_model_version")
+CAPTION_COLUMNS = tuple(f.name for f in CAPTION_FIELDS)
 MAX_K = 1000
 MAX_CANDIDATES = 20_000
 # A long-lived searcher (the HTTP service) re-reads the table's latest version at most this often,
 # so rows embedded or captioned and indexes built by nightly jobs show up without a restart.
 REFRESH_SECONDS = 5.0
-DEFAULT_NPROBES = 20  # LanceDB's default; more only when these hold fewer rows than the candidates asked
 
 
 @dataclass
@@ -89,29 +90,6 @@ class SearchHit:
         }
 
 
-class SearchError(ValueError):
-    """A search that cannot be answered as asked (bad filter, SMARTS, SMILES or model mismatch)."""
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _tokens_from_arrow(column: pa.ChunkedArray | pa.Array) -> torch.Tensor:
-    """list<fixed_size_list<T, D>> (fixed K per row) → (M, K, D) tensor without per-row Python work."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    rows = len(column)
-    inner = column.flatten()
-    dim = inner.type.list_size
-    values = inner.flatten().to_numpy(zero_copy_only=False)
-    if rows == 0:
-        return torch.empty(0, 0, dim)
-    with warnings.catch_warnings():  # Arrow buffers are read-only; the tokens are only ever read
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(values.reshape(rows, -1, dim))
-
-
 class CatalogSearcher:
     """Searches one LanceDB table written by `mvclam embed` with the model that embedded it."""
 
@@ -130,20 +108,18 @@ class CatalogSearcher:
         """`resident_device` (e.g. ``"cuda"``): hold the table's tokens on that device and answer
         token queries by exact MaxSim over all of them, instead of the index or a streamed scan;
         the copy is loaded at the first query and again whenever the table's version changes."""
-        import lancedb
-
         from mvclam.engine.embedder import load_model
 
-        self.db = lancedb.connect(str(db), read_consistency_interval=timedelta(seconds=refresh_seconds))
-        if table not in self.db.table_names():
-            raise SearchError(f"no table {table!r} in {db} (tables: {sorted(self.db.table_names())})")
-        self.table: lancedb.table.Table = self.db.open_table(table)
+        try:
+            self.table: lancedb.table.Table = open_catalog_table(db, table, refresh_seconds=refresh_seconds)
+        except CatalogTableNotFound as error:
+            raise SearchError(str(error)) from None
         self.model = model if model is not None else load_model(checkpoint)
         self.model.eval()
         self.refine_factor = refine_factor
         self.candidate_factor = candidate_factor
         self.nprobes = nprobes  # IVF partitions probed at least, per query
-        self.version_filter = f"model_version = {_quote(self.model.model_version)}"
+        self.version_filter = f"model_version = {sql_quote(self.model.model_version)}"
         if self.table.count_rows(self.version_filter) == 0:
             versions = self.stored_versions()
             raise SearchError(
@@ -152,9 +128,14 @@ class CatalogSearcher:
                 "`mvclam embed` with this model"
             )
         self.resident_device = torch.device(resident_device) if resident_device is not None else None
-        self._resident: ResidentTokens | None = None
         names = set(self.table.schema.names)
         self.result_columns = [c for c in (*RESULT_COLUMNS, *CAPTION_COLUMNS) if c in names]
+        # The candidate strategies over this table's rows of this model version.
+        self.scope = CatalogScope(self.table, self.version_filter, self.result_columns)
+        self.index_source = IndexCandidates(self.scope, candidate_factor, nprobes, refine_factor)
+        self.resident_source = (
+            ResidentCandidates(self.scope, self.resident_device) if self.resident_device is not None else None
+        )
 
     # ------------------------------------------------------------------ helpers
     def stored_versions(self) -> list[str]:
@@ -165,7 +146,7 @@ class CatalogSearcher:
         return token_index(self.table) is not None
 
     def _where(self, where: str | None) -> str:
-        return self.version_filter if not where else f"({self.version_filter}) AND ({where})"
+        return self.scope.where(where)
 
     @torch.inference_mode()
     def embed_query(self, text: str) -> torch.Tensor:
@@ -173,166 +154,27 @@ class CatalogSearcher:
             raise SearchError("the query text is empty")
         return self.model.embed_texts([text])[0].float().cpu()
 
-    def _fetch(self, ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
-        if not ids:
-            return {}
-        from mvclam.engine.store.lance_store import sql_in_list
-
-        table = self.table.to_lance().to_table(
-            columns=list(columns), filter=f"({sql_in_list(list(ids))}) AND ({self.version_filter})"
-        )
-        return {row["id"]: row for row in table.to_pylist()}
-
-    # ------------------------------------------------------------------ candidate stages
-    def _exact_candidates(
-        self, query: torch.Tensor, limit: int, where: str | None, vector_column: str = TOKEN_COLUMN
-    ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        """Streams (id, tokens) in Arrow batches; a running top-`limit` by exact MaxSim."""
-        dataset = self.table.to_lance()
-        try:
-            scanner = dataset.scanner(
-                columns=["id", vector_column], filter=self._where(where), batch_size=8192
-            )
-            batches = scanner.to_batches()
-            top_scores = torch.empty(0)
-            top_best = torch.empty(0, dtype=torch.long)
-            top_ids: list[str] = []
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
-                ids = batch.column("id").to_pylist()
-                if vector_column == TOKEN_COLUMN and query.ndim == 1:
-                    tokens = _tokens_from_arrow(batch.column(vector_column))
-                    scores, index, best = maxsim_topk(query[None].to(tokens.dtype), tokens, k=limit)
-                    scores, index, best = scores[0], index[0], best[0]
-                elif vector_column == TOKEN_COLUMN:  # a token set: mean over its tokens of MaxSim
-                    tokens = _tokens_from_arrow(batch.column(vector_column))
-                    scores, index = token_set_similarity(query, tokens).topk(min(limit, len(ids)))
-                    best = torch.full_like(index, -1)
-                else:  # pooled: one vector per row, plain cosine
-                    pooled = torch.from_numpy(
-                        batch.column(vector_column)
-                        .flatten()
-                        .to_numpy(zero_copy_only=False)
-                        .reshape(batch.num_rows, -1)
-                    ).float()
-                    all_scores = pooled @ query
-                    scores, index = all_scores.topk(min(limit, len(ids)))
-                    best = torch.full_like(index, -1)
-                merged_scores = torch.cat([top_scores, scores.float()])
-                merged_best = torch.cat([top_best, best])
-                merged_ids = top_ids + [ids[i] for i in index.tolist()]
-                order = torch.sort(merged_scores, descending=True, stable=True).indices[:limit]
-                top_scores, top_best = merged_scores[order], merged_best[order]
-                top_ids = [merged_ids[i] for i in order.tolist()]
-        except (OSError, ValueError) as error:  # Lance reports bad filters as ValueError/OSError
-            raise SearchError(f"invalid filter {where!r}: {error}") from error
-        return top_ids, top_scores, top_best
-
-    def _index_candidates(
-        self, query: torch.Tensor, limit: int, where: str | None, retry: bool = True
-    ) -> tuple[list[str], torch.Tensor, torch.Tensor, dict[str, dict[str, Any]]]:
-        """ANN candidates from the token index (one search per query vector), re-scored exactly
-        from their stored tokens: MaxSim for a text, token-set similarity for a molecule. Also
-        returns the result columns of the top `limit`.
-
-        The ANN query returns row ids only; the candidates' tokens and result columns are then read
-        in one take by row id, once for the union of all query vectors' candidates: a molecule
-        query (one ANN query per token) took 20-54% less time than when each ANN query selected
-        those columns itself; a text query costs the same either way (docs/benchmarks.md)."""
-        wanted = limit * self.candidate_factor
-        row_ids: dict[int, None] = {}  # ordered set: candidates of all query vectors
-        for vector in query if query.ndim == 2 else query[None]:
-            try:
-                found = self._ann_query(vector, wanted, where, adaptive=False)
-                if found.num_rows < wanted:
-                    # With many near-duplicate tokens k-means leaves empty partitions, and the
-                    # ones nearest a text vector can be empty: then probe on until enough rows
-                    # are found (slower, so only when the fixed probes came up short).
-                    found = self._ann_query(vector, wanted, where, adaptive=True)
-            except (OSError, ValueError, RuntimeError) as error:
-                raise SearchError(f"invalid filter {where!r}: {error}") from error
-            row_ids.update(dict.fromkeys(found["_rowid"].to_pylist()))
-        if not row_ids:
-            return [], torch.empty(0), torch.empty(0, dtype=torch.long), {}
-        rows = self.table.take_row_ids(list(row_ids)).select([*self.result_columns, TOKEN_COLUMN]).to_arrow()
-        if rows.num_rows < len(row_ids) and retry:
-            # The table moved to a new version between the two reads (a compaction re-addresses
-            # rows): search again on the new version.
-            return self._index_candidates(query, limit, where, retry=False)
-        ids = rows["id"].to_pylist()
-        scores, best, order = rescore_candidates(query, _tokens_from_arrow(rows[TOKEN_COLUMN]), limit)
-        top_ids = [ids[i] for i in order.tolist()]
-        columns = rows.select(self.result_columns).take(pa.array(order.numpy())).to_pylist()
-        return top_ids, scores[order], best[order], dict(zip(top_ids, columns, strict=True))
-
+    # ------------------------------------------------------------------ candidate strategies
     def resident_tokens(self) -> ResidentTokens:
         """The device copy of this model version's tokens, (re)loaded if the table has moved on."""
-        if self.resident_device is None:
+        if self.resident_source is None:
             raise SearchError("this searcher holds no tokens on a device (resident_device is not set)")
-        if self._resident is None or self._resident.version != self.table.version:
-            from mvclam.engine.search.resident import ResidentTokens
+        return self.resident_source.tokens()
 
-            self._resident = None  # free the old copy first: two may not fit on the device
-            try:
-                self._resident = ResidentTokens.load(self.table, self.version_filter, self.resident_device)
-            except torch.OutOfMemoryError as error:
-                raise SearchError(
-                    f"the table's tokens do not fit in {self.resident_device} memory: search without "
-                    f"resident_device (index or streamed exact path) ({error})"
-                ) from error
-        return self._resident
+    def _index_candidates(self, query: torch.Tensor, limit: int, where: str | None) -> Candidates:
+        # A method of its own so that a subclass can replace the index path
+        # (benchmarks/bench_search_fetch.py compares an earlier one).
+        return self.index_source.candidates(query, limit, where)
 
-    def _resident_candidates(
-        self, query: torch.Tensor, limit: int, where: str | None, retry: bool = True
-    ) -> tuple[list[str], torch.Tensor, torch.Tensor, dict[str, dict[str, Any]]]:
-        """Exact top `limit` over the device copy; a filter is evaluated by Lance on the stored
-        columns and applied as a row mask. Also returns the result columns of the hits."""
-        resident = self.resident_tokens()
-        allowed = None
-        if where:
-            try:
-                matching = self.table.to_lance().to_table(
-                    columns=[], with_row_id=True, filter=self._where(where)
-                )["_rowid"]
-            except (OSError, ValueError) as error:
-                raise SearchError(f"invalid filter {where!r}: {error}") from error
-            allowed = resident.mask(matching.to_numpy())
-        row_ids, scores, best = resident.top(query, limit, allowed)
-        if len(row_ids) == 0:
-            return [], scores, best, {}
-        rows = self.table.take_row_ids(row_ids.tolist()).select(self.result_columns).with_row_id().to_arrow()
-        if rows.num_rows < len(row_ids) and retry:
-            # The table moved to a new version since the copy was read: reload and search again.
-            self._resident = None
-            return self._resident_candidates(query, limit, where, retry=False)
-        by_row_id = dict(
-            zip(rows["_rowid"].to_pylist(), rows.drop_columns(["_rowid"]).to_pylist(), strict=True)
-        )
-        found = [i for i, row_id in enumerate(row_ids.tolist()) if row_id in by_row_id]
-        columns = [by_row_id[int(row_ids[i])] for i in found]
-        ids = [c["id"] for c in columns]
-        keep = torch.as_tensor(found, dtype=torch.long)
-        return ids, scores[keep], best[keep], dict(zip(ids, columns, strict=True))
-
-    def _ann_query(self, vector: torch.Tensor, limit: int, where: str | None, adaptive: bool) -> pa.Table:
-        # Row ids only (naming _distance silences a warning): the caller reads the candidates'
-        # columns in one take for all its query vectors.
-        builder = (
-            self.table.search(vector.numpy(), vector_column_name=TOKEN_COLUMN)
-            .distance_type("cosine")
-            .where(self._where(where), prefilter=True)
-            .limit(limit)
-            .with_row_id(True)
-            .select(["_distance"])
-        )
-        if self.refine_factor > 1:  # LanceDB re-ranks refine_factor x limit rows by exact distance
-            builder = builder.refine_factor(self.refine_factor)
-        if adaptive:
-            builder = builder.minimum_nprobes(self.nprobes).maximum_nprobes(0)
-        else:
-            builder = builder.nprobes(self.nprobes)
-        return builder.to_arrow()
+    def _candidate_source(self, vector_column: str, exact: bool | None) -> CandidateFn:
+        """The strategy answering a search: the resident copy (token queries unless
+        ``exact=False``), else the ANN index (token queries unless ``exact``, when there is one),
+        else the streamed scan (also every pooled search)."""
+        if self.resident_source is not None and vector_column == TOKEN_COLUMN and exact is not False:
+            return self.resident_source.candidates
+        if vector_column == TOKEN_COLUMN and not exact and self.has_index():
+            return self._index_candidates
+        return ScanCandidates(self.scope, vector_column).candidates
 
     def _ranked(
         self,
@@ -345,20 +187,11 @@ class CatalogSearcher:
     ) -> list[SearchHit]:
         if not 1 <= k <= MAX_K:
             raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
-        pattern = _compile_smarts(smarts)
-        use_resident = (
-            self.resident_device is not None and vector_column == TOKEN_COLUMN and exact is not False
-        )
-        use_index = not use_resident and vector_column == TOKEN_COLUMN and not exact and self.has_index()
+        pattern = compile_smarts(smarts)
+        candidates = self._candidate_source(vector_column, exact)
         limit = k if pattern is None else 4 * k
         while True:
-            if use_resident:
-                ids, scores, best, rows = self._resident_candidates(query, limit, where)
-            elif use_index:
-                ids, scores, best, rows = self._index_candidates(query, limit, where)
-            else:
-                ids, scores, best = self._exact_candidates(query, limit, where, vector_column)
-                rows = self._fetch(ids, self.result_columns)
+            ids, scores, best, rows = candidates(query, limit, where)
             hits = [
                 SearchHit(id=i, score=float(s), best_token=int(b), columns=rows[i])
                 for i, s, b in zip(ids, scores.tolist(), best.tolist(), strict=True)
@@ -366,7 +199,7 @@ class CatalogSearcher:
             ]
             exhausted = len(ids) < limit or limit >= MAX_CANDIDATES
             if pattern is not None:
-                hits = [h for h in hits if _matches(pattern, h.columns.get("canonical_smiles"))]
+                hits = [h for h in hits if matches_smarts(pattern, h.columns.get("canonical_smiles"))]
             if len(hits) >= k or exhausted:
                 return hits[:k]
             limit = min(MAX_CANDIDATES, limit * 4)
@@ -467,45 +300,3 @@ class CatalogSearcher:
         for hit, p in zip(hits, probability.tolist(), strict=True):
             hit.match_probability = float(p)
         return sorted(hits, key=lambda h: -(h.match_probability or 0.0))
-
-
-def exact_scores(query: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact scores of (M, K, D) tokens for a (D,) text vector (MaxSim) or (Q, D) query tokens
-    (token-set similarity) → ((M,) scores, (M,) best token, -1 for token sets), on tokens' device."""
-    if query.ndim == 1:
-        scores, best = maxsim(query[None].to(tokens.dtype), tokens, return_argmax=True)
-        return scores[0], best[0]
-    best = torch.full((len(tokens),), -1, dtype=torch.long, device=tokens.device)
-    return token_set_similarity(query, tokens), best
-
-
-def rescore_candidates(
-    query: torch.Tensor, tokens: torch.Tensor, limit: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`exact_scores` of candidate tokens and the indices of the top `limit` (ties in row order)."""
-    scores, best = exact_scores(query, tokens)
-    return scores, best, torch.sort(scores, descending=True, stable=True).indices[:limit]
-
-
-def token_set_similarity(query_tokens: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(Q, D) query tokens against (M, K, D) stored tokens → (M,) mean over query tokens of MaxSim
-    (ColBERT's late interaction between two token sets)."""
-    return maxsim(query_tokens.to(tokens.dtype), tokens).mean(dim=0)
-
-
-def _compile_smarts(smarts: str | None):
-    if not smarts:
-        return None
-    from rdkit import Chem
-
-    pattern = Chem.MolFromSmarts(smarts)
-    if pattern is None:
-        raise SearchError(f"invalid SMARTS {smarts!r}")
-    return pattern
-
-
-def _matches(pattern, smiles: str | None) -> bool:
-    from rdkit import Chem
-
-    mol = Chem.MolFromSmiles(smiles) if smiles else None
-    return mol is not None and mol.HasSubstructMatch(pattern)

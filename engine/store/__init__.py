@@ -1,14 +1,28 @@
-"""LanceDB storage of embedded catalogs: the documented Arrow schemas and a keyed, resumable writer.
+"""LanceDB storage of embedded catalogs: the catalog table's schema, rows, filters and keyed writes.
 
 store = CatalogStore.open("catalog_db", "molecules", embeddings_schema(dim=256))
-done = store.done_ids(model_version)          # ids to skip on a re-run
-store.write(embedded_rows, error_rows)        # merge-insert on id: never duplicates a row
+done = store.done_ids(model_version)          # ids to skip on a re-run (`done_mask` per batch)
+store.write(embedded_rows(...), error_rows(...))   # merge-insert on id: never duplicates a row
+table = open_catalog_table("catalog_db", "molecules")   # for search, captioning, indexing
 """
 
-from .lance_store import CatalogStore, DoneIds, sql_in_list
+from .captions import caption_todo_filter, ensure_caption_columns, merge_captions
+from .lance_store import (
+    CatalogStore,
+    CatalogTableNotFound,
+    DoneIds,
+    done_mask,
+    open_catalog_table,
+    sql_in_list,
+    sql_quote,
+)
+from .rows import embedded_rows, error_rows, property_columns
 from .schema import (
+    CAPTION_FIELDS,
     ERRORS_SCHEMA,
+    PROPERTY_COLUMNS,
     PROPERTY_FIELDS,
+    TIMESTAMP,
     TOKEN_DTYPES,
     embeddings_schema,
     multivector_array,
@@ -16,13 +30,26 @@ from .schema import (
 )
 
 __all__ = [
+    "CAPTION_FIELDS",
     "ERRORS_SCHEMA",
+    "PROPERTY_COLUMNS",
     "PROPERTY_FIELDS",
+    "TIMESTAMP",
     "TOKEN_DTYPES",
     "CatalogStore",
+    "CatalogTableNotFound",
     "DoneIds",
+    "caption_todo_filter",
+    "done_mask",
+    "embedded_rows",
     "embeddings_schema",
+    "ensure_caption_columns",
+    "error_rows",
+    "merge_captions",
     "multivector_array",
+    "open_catalog_table",
+    "property_columns",
     "sql_in_list",
+    "sql_quote",
     "vector_array",
 ]

@@ -14,9 +14,11 @@ commits, which `reconcile` repairs on the next start).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,11 +28,47 @@ if TYPE_CHECKING:
     import lancedb
 
 
+def sql_quote(value: object) -> str:
+    """A SQL string literal for a Lance filter (quotes inside doubled)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def sql_in_list(ids: pa.Array | list[str]) -> str:
     """`id IN (...)` filter with SQL string quoting (ids may contain quotes)."""
     values = ids.to_pylist() if isinstance(ids, pa.Array | pa.ChunkedArray) else ids
-    quoted = ",".join("'" + str(v).replace("'", "''") + "'" for v in values)
-    return f"id IN ({quoted})"
+    return f"id IN ({','.join(sql_quote(v) for v in values)})"
+
+
+class CatalogTableNotFound(ValueError):
+    """The LanceDB directory has no table of that name."""
+
+
+def open_catalog_table(
+    db: str | Path, table: str, refresh_seconds: float | None = None
+) -> lancedb.table.Table:
+    """An existing catalog table (written by `mvclam embed`) for search, captioning or indexing.
+
+    `refresh_seconds`: a long-lived reader sees other writers' commits after at most this long
+    (LanceDB's read consistency interval); None: the version found when opened (LanceDB's default).
+    Raises CatalogTableNotFound (a ValueError) naming the tables there when `table` is missing."""
+    import lancedb  # imported late: Ray forks workers, and lancedb's runtime is not fork-safe
+
+    options = (
+        {} if refresh_seconds is None else {"read_consistency_interval": timedelta(seconds=refresh_seconds)}
+    )
+    connection = lancedb.connect(str(db), **options)
+    try:
+        return connection.open_table(table)
+    except ValueError:  # "Table ... was not found"
+        names = sorted(connection.list_tables().tables)
+        raise CatalogTableNotFound(f"no table {table!r} in {db} (tables: {names})") from None
+
+
+def done_mask(ids: pa.Array | pa.ChunkedArray, done: pa.Array | None) -> np.ndarray:
+    """The embed job's resume filter: which of `ids` are already done (`DoneIds.done`), as booleans."""
+    if done is None or not len(done):
+        return np.zeros(len(ids), dtype=bool)
+    return pc.is_in(ids, value_set=done).to_numpy(zero_copy_only=False)
 
 
 @dataclass

@@ -12,6 +12,9 @@ Embeddings table (one row per molecule id; see docs in README "Embedding job"):
 T is float32 or float16 (job config `token_dtype`).
 
 Errors table: id, input, error_code, reason, source, source_row, model_version, failed_at.
+
+Caption columns (added by `mvclam caption --db`): caption, caption_error, caption_model_version,
+caption_settings, caption_inchikey, captioned_at.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from mvclam.engine.views import VIEW_SCHEMA
+from mvclam.engine.views import VIEW_SCHEMA, MoleculeProperties
 
 TOKEN_DTYPES: dict[str, pa.DataType] = {"float32": pa.float32(), "float16": pa.float16()}
 SCHEMA_VERSION = b"1"
@@ -35,6 +38,20 @@ PROPERTY_FIELDS: tuple[pa.Field, ...] = (
     pa.field("tpsa", pa.float32()),
     pa.field("rotatable_bonds", pa.int16()),
     pa.field("heavy_atoms", pa.int16()),
+)
+
+PROPERTY_COLUMNS: tuple[str, ...] = tuple(f.name for f in PROPERTY_FIELDS)
+if MoleculeProperties._fields != PROPERTY_COLUMNS:  # the views compute them in this order
+    raise ImportError(f"PROPERTY_FIELDS {PROPERTY_COLUMNS} differ from MoleculeProperties")
+
+# Caption columns, added to an embeddings table by the bulk captioning job (see `captions.py`).
+CAPTION_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("caption", pa.string()),
+    pa.field("caption_error", pa.string()),
+    pa.field("caption_model_version", pa.string()),
+    pa.field("caption_settings", pa.string()),  # JSON of the generation settings and backend
+    pa.field("caption_inchikey", pa.string()),  # the molecule the caption describes
+    pa.field("captioned_at", TIMESTAMP),
 )
 
 _IDENTITY_FIELDS = (

@@ -16,15 +16,16 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mvclam.engine.training.config import PairData, TrainConfig, TrainingTask
 from mvclam.engine.training.metrics import MetricsLog, plot_curves
 from mvclam.engine.training.state import (
     TrainerState,
@@ -38,82 +39,6 @@ from mvclam.engine.views import MoleculeViews
 LAST_CHECKPOINT = "last"
 BEST_CHECKPOINT = "best"
 FINAL_CHECKPOINT = "final"
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; also the YAML schema of configs/train_*.yaml."""
-
-    stage: str = "stage1"  # "stage1" (MQ-Former alignment) or "stage2" (captioning LLM)
-    data_dir: str = "runs/data/v2"  # output of `mvclam prepare` (the README and evaluate use the same)
-    train_kind: str = "pairs"  # "pairs", or "weak" for weak-label pre-training
-    output_dir: str = "runs/stage1"
-    model_config: str = "small"
-    model_overrides: list[str] = field(default_factory=list)
-    init_from: str | None = None  # checkpoint to start from (pre-trained stage 1, or stage 1 for stage 2)
-    # Stage 1: train only parameters whose names start with one of these prefixes (empty = all), e.g.
-    # ["matching_head"] re-fits the re-ranking head without moving a single embedding.
-    trainable: list[str] = field(default_factory=list)
-    # Stage 1, LiT-style: "frozen" freezes the Q-Former's text path and caches every description's
-    # [CLS] state once (text_cache.py), so a step costs the molecule branch only.
-    text_tower: str = "train"
-    text_negatives: int = 0  # frozen text tower: cached training texts added as negatives per step (-1 = all)
-    molecule_queue: int = 0  # frozen text tower: earlier steps' molecules kept as negatives of each text
-    retrieval_eval_every: int = 0  # full validation MRR every n steps; the best is kept in checkpoints/best
-    bucket_by_size: bool = False  # batch molecules of similar atom counts together (less padding)
-    epochs: int = 10
-    max_steps: int | None = None
-    time_limit_minutes: float | None = None  # stop (with a checkpoint) after this much training time
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 200
-    min_learning_rate_ratio: float = 0.1
-    grad_clip: float = 1.0
-    log_every: int = 10
-    eval_every: int = 200
-    eval_batches: int = 8
-    checkpoint_every: int = 200
-    seed: int = 0
-    num_workers: int = 1  # >1 runs under Ray Train
-    use_gpu: bool = False
-    ray_address: str | None = None
-    checkpoint_dtype: str = "float32"  # "float16" halves the shipped checkpoint
-    captioner: dict[str, Any] = field(default_factory=dict)  # stage 2: CaptionerConfig values (e.g. lora_r)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
-        return cls(**data)
-
-
-class PairData(Protocol):
-    """What the loop needs from a prepared split (``mvclam.engine.data.PairDataset`` provides it)."""
-
-    views: list[MoleculeViews]
-    descriptions: list[str]
-    group_ids: np.ndarray
-
-    def __len__(self) -> int: ...
-
-
-class TrainingTask(Protocol):
-    module: nn.Module  # what is optimised (and wrapped in DDP)
-
-    def setup(self, train_data: PairData, validation_data: PairData, output_dir: Path) -> None: ...
-
-    def trainable_parameters(self) -> list[nn.Parameter]: ...
-
-    def losses(
-        self, module: nn.Module, views: list[MoleculeViews], descriptions: list[str], group_ids: torch.Tensor
-    ) -> dict[str, torch.Tensor]: ...
-
-    def save(self, directory: Path, dtype: torch.dtype) -> None: ...
-
-    def load_weights(self, directory: Path) -> None: ...
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch import nn
 from mvclam.engine.models import MVCLAM, load_config
 from mvclam.engine.models.config import MVCLAMConfig, apply_overrides
 from mvclam.engine.models.mvclam import ExtraNegatives
-from mvclam.engine.training.loop import PairData, TrainConfig, TrainingTask
+from mvclam.engine.training.config import PairData, TrainConfig, TrainingTask
 from mvclam.engine.training.text_cache import MoleculeQueue, TextStateCache, freeze_text_tower
 from mvclam.engine.views import MoleculeViews, collate_views
 
@@ -239,17 +239,21 @@ def build_model(config: TrainConfig) -> MVCLAM:
     if not config.init_from:
         return MVCLAM(load_config(config.model_config, config.model_overrides))
     model = MVCLAM.from_pretrained(config.init_from)
-    # The architecture comes from the checkpoint; only the loss settings may change between phases
-    # (e.g. continue without the matching loss).
-    not_loss = [item for item in config.model_overrides if not item.strip().startswith("loss.")]
+    apply_loss_overrides(model, config.model_overrides)
+    return model
+
+
+def apply_loss_overrides(model: MVCLAM, overrides: list[str]) -> None:
+    """Loss settings of a model that continues from a checkpoint (e.g. without the matching loss);
+    the architecture comes from the checkpoint, so no other override applies."""
+    not_loss = [item for item in overrides if not item.strip().startswith("loss.")]
     if not_loss:
         raise ValueError(
             f"with init_from only loss.* overrides apply (the checkpoint fixes the rest): {not_loss}"
         )
-    if config.model_overrides:
-        data = apply_overrides(model.config.to_dict(), config.model_overrides)
+    if overrides:
+        data = apply_overrides(model.config.to_dict(), overrides)
         model.config.loss = MVCLAMConfig.from_dict(data).loss
-    return model
 
 
 def restrict_trainable(model: nn.Module, prefixes: list[str]) -> None:
