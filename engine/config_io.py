@@ -56,11 +56,35 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
 def read_config(
     name_or_path: str | Path, overrides: list[str] | None = None, values: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The YAML config as a dict, then `values` (None means "not given"), then `overrides`."""
-    with open(config_path(name_or_path)) as handle:
-        data = yaml.safe_load(handle) or {}
+    """The YAML config as a dict, then `values` (None means "not given"), then `overrides`.
+
+    A config may start from another one: ``base: NAME`` (a shipped name, or a YAML path relative to
+    the including file) is read first and this file's keys replace its keys (sections merge)."""
+    data = _read_with_base(config_path(name_or_path), seen=())
     data.update({k: v for k, v in (values or {}).items() if v is not None})
     return apply_overrides(data, overrides)
+
+
+def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ValueError(f"config base cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+    with open(path) as handle:
+        data = yaml.safe_load(handle) or {}
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    relative = path.parent / str(base)
+    base_path = relative if relative.suffix in {".yaml", ".yml"} and relative.exists() else config_path(base)
+    return _merged(_read_with_base(base_path, (*seen, path.resolve())), data)
+
+
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
 
 
 def build_dataclass(cls: type[T], data: dict[str, Any], what: str = "config keys") -> T:

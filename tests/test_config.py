@@ -64,3 +64,28 @@ def test_scibert_tokenizer_of_the_paper_config_is_complete():
     tokenizer = load_tokenizer("scibert")
     assert len(tokenizer) == 31090
     assert tokenizer.tokenize("a beta-lactam antibiotic") == ["a", "beta", "-", "lact", "##am", "antibiotic"]
+
+
+def test_config_base_is_read_first_and_sections_merge(tmp_path):
+    from mvclam.engine.config_io import read_config
+
+    (tmp_path / "root.yaml").write_text("a: 1\nb: 2\nsection: {x: 1, y: 2}\n")
+    (tmp_path / "mid.yaml").write_text("base: root.yaml\nb: 3\nsection: {y: 5}\n")
+    (tmp_path / "leaf.yaml").write_text("base: mid.yaml\nc: 4\n")
+    assert read_config(tmp_path / "leaf.yaml", ["a=9"]) == {
+        "a": 9,
+        "b": 3,
+        "c": 4,
+        "section": {"x": 1, "y": 5},
+    }
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        read_config(tmp_path / "loop.yaml")
+
+
+def test_past_run_training_configs_are_overrides_of_the_base_recipe():
+    from mvclam.engine.training import TrainConfig
+
+    joint = TrainConfig.load("stage1", "train_stage1_cpu_joint")
+    assert (joint.learning_rate, joint.epochs, joint.batch_size) == (2e-4, 4, 32)  # own keys, then the base's
+    assert joint.grad_clip == TrainConfig.load("stage1", "train_stage1_cpu").grad_clip

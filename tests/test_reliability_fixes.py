@@ -547,3 +547,14 @@ def test_cli_passes_serve_limits_and_commit_seconds(monkeypatch):
 
     fields = {"inputs": args.inputs, "db": args.db, "commit_seconds": args.commit_seconds}
     assert load_embed_job(None, **fields).commit_seconds == 7.5
+
+
+def test_open_catalog_table_names_a_missing_table_and_keeps_other_errors(tmp_path):
+    from mvclam.engine.store import CatalogTableNotFound, open_catalog_table
+
+    db = lancedb.connect(str(tmp_path / "db"))
+    for i in range(12):  # more than one page of LanceDB's table_names()
+        db.create_table(f"t{i:02d}", pa.table({"id": ["a"]}))
+    assert open_catalog_table(tmp_path / "db", "t11").count_rows() == 1
+    with pytest.raises(CatalogTableNotFound, match=r"no table 'absent'.*t11"):
+        open_catalog_table(tmp_path / "db", "absent")

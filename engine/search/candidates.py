@@ -145,7 +145,7 @@ class ScanCandidates:
         return scores, index, torch.full_like(index, -1)
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: CatalogSearcher sets nprobes and the factors at run time
 class IndexCandidates:
     """ANN candidates from the token index (one search per query vector), re-scored exactly from
     their stored tokens: MaxSim for a text, token-set similarity for a molecule.

@@ -34,7 +34,6 @@ from mvclam.engine.search.index import TOKEN_COLUMN, token_index
 from mvclam.engine.search.resident import ResidentTokens
 from mvclam.engine.search.smarts import compile_smarts, matches_smarts
 from mvclam.engine.store import (
-    CAPTION_FIELDS,
     PROPERTY_COLUMNS,
     CatalogTableNotFound,
     open_catalog_table,
@@ -64,7 +63,7 @@ RESULT_COLUMNS = (
     "model_name",
     "model_version",
 )
-CAPTION_COLUMNS = tuple(f.name for f in CAPTION_FIELDS)
+CAPTION_COLUMNS = ("caption", "caption_model_version")  # of CAPTION_FIELDS, the ones a hit shows
 MAX_K = 1000
 MAX_CANDIDATES = 20_000
 # A long-lived searcher (the HTTP service) re-reads the table's latest version at most this often,
@@ -116,9 +115,6 @@ class CatalogSearcher:
             raise SearchError(str(error)) from None
         self.model = model if model is not None else load_model(checkpoint)
         self.model.eval()
-        self.refine_factor = refine_factor
-        self.candidate_factor = candidate_factor
-        self.nprobes = nprobes  # IVF partitions probed at least, per query
         self.version_filter = f"model_version = {sql_quote(self.model.model_version)}"
         if self.table.count_rows(self.version_filter) == 0:
             versions = self.stored_versions()
@@ -136,6 +132,32 @@ class CatalogSearcher:
         self.resident_source = (
             ResidentCandidates(self.scope, self.resident_device) if self.resident_device is not None else None
         )
+
+    # The index path's settings live in its strategy; these read and set them there, per query.
+    @property
+    def nprobes(self) -> int:
+        """IVF partitions probed at least, per query."""
+        return self.index_source.nprobes
+
+    @nprobes.setter
+    def nprobes(self, value: int) -> None:
+        self.index_source.nprobes = value
+
+    @property
+    def candidate_factor(self) -> int:
+        return self.index_source.candidate_factor
+
+    @candidate_factor.setter
+    def candidate_factor(self, value: int) -> None:
+        self.index_source.candidate_factor = value
+
+    @property
+    def refine_factor(self) -> int:
+        return self.index_source.refine_factor
+
+    @refine_factor.setter
+    def refine_factor(self, value: int) -> None:
+        self.index_source.refine_factor = value
 
     # ------------------------------------------------------------------ helpers
     def stored_versions(self) -> list[str]:

@@ -59,8 +59,10 @@ def open_catalog_table(
     connection = lancedb.connect(str(db), **options)
     try:
         return connection.open_table(table)
-    except ValueError:  # "Table ... was not found"
+    except (ValueError, FileNotFoundError):  # "Table ... was not found" / "... does not exist"
         names = sorted(connection.list_tables().tables)
+        if table in names:
+            raise  # it exists but cannot be opened (damaged, storage error): keep the real cause
         raise CatalogTableNotFound(f"no table {table!r} in {db} (tables: {names})") from None
 
 
