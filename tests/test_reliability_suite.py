@@ -396,11 +396,6 @@ def test_readers_answer_during_embed_caption_and_index_writes(readers):
     assert final["duplicate_rows"] == 0 and final["caption_for_another_molecule"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: embed into a captioned table fails: rows.cast(target.schema) (engine/store/lance_store.py)",
-)
 def test_embed_appends_to_a_table_that_has_captions(tmp_path, model, local_ray):
     from mvclam.engine.store import ensure_caption_columns
     from mvclam.jobs.embed import load_embed_job, run_embed

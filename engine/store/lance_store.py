@@ -184,7 +184,7 @@ class CatalogStore:
                 target.merge_insert("id")
                 .when_matched_update_all()
                 .when_not_matched_insert_all()
-                .execute(rows.cast(target.schema))
+                .execute(_with_missing_columns(rows, target.schema).cast(target.schema))
             )
             if len(other_ids):
                 moved = rows["id"].combine_chunks()
@@ -199,3 +199,12 @@ class CatalogStore:
         """Compact the many small per-chunk fragments and drop old versions."""
         for table in (self.embeddings, self.errors):
             table.optimize()
+
+
+def _with_missing_columns(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`rows` with null columns for the fields of `schema` it lacks (e.g. the caption columns that
+    `mvclam caption` added to the table): a later embed must still write into that table."""
+    for field in schema:
+        if field.name not in rows.column_names:
+            rows = rows.append_column(field.name, pa.nulls(rows.num_rows, field.type))
+    return rows.select(schema.names)
