@@ -4,13 +4,18 @@
     mvclam caption --input molecules.smi --out captions.tsv [--model CKPT]
     mvclam caption --db catalog_db --table molecules [--backend vllm] [--actors 4]   # bulk: jobs/caption_table.py
 
-The subcommand's flags are in `jobs/caption_cli.py`. Output columns: id, smiles, caption, error; one row per input (a .smi line is ``SMILES [id]``; an
-empty line or a molecule whose views fail gives a row with an error and no caption).
+The subcommand's flags are in `jobs/caption_cli.py`. Output columns: id, smiles, caption, error,
+references; one row per input (a .smi line is ``SMILES [id]``; an empty line or a molecule whose
+views fail gives a row with an error and no caption). `references` is the caption's provenance: a
+JSON list of the described molecules its prompt cited (`id`, Tanimoto `similarity`), `[]` for a
+captioner that cites none. `--references DB/TABLE` cites a LanceDB table of described molecules
+instead of the set the captioner was trained with.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -19,7 +24,7 @@ from typing import Any, Protocol, TextIO
 
 from mvclam.engine.io import split_smi_line
 
-COLUMNS = ("id", "smiles", "caption", "error")
+COLUMNS = ("id", "smiles", "caption", "error", "references")
 
 
 @dataclass
@@ -39,6 +44,9 @@ class _RowError:
     @property
     def ok(self) -> bool:
         return False
+
+    def provenance(self) -> list[dict[str, object]]:
+        return []
 
 
 def read_smi(path: Path) -> list[InputRow]:
@@ -77,7 +85,15 @@ def write_rows(handle: TextIO, rows: list[InputRow], results: list) -> None:
     writer = csv.writer(handle, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
     writer.writerow(COLUMNS)
     for row, result in zip(rows, results, strict=True):
-        writer.writerow([row.id, row.smiles, _one_line(result.caption or ""), _one_line(result.error or "")])
+        writer.writerow(
+            [
+                row.id,
+                row.smiles,
+                _one_line(result.caption or ""),
+                _one_line(result.error or ""),
+                json.dumps(result.provenance()),
+            ]
+        )
 
 
 def run_caption(
@@ -90,18 +106,27 @@ def run_caption(
     num_beams: int = 1,
     threads: int | None = None,
     out: str | Path | None = None,
+    references: str | None = None,
+    reference_column: str = "description",
 ) -> int:
-    """Caption `rows` with the transformers backend; TSV to `out` (default: stdout)."""
+    """Caption `rows` with the transformers backend; TSV to `out` (default: stdout). `references`:
+    a LanceDB `DB/TABLE` of described molecules to cite instead of the captioner's own set."""
     import torch
 
     from mvclam.engine.captioning import UNTRAINED_WARNING, GenerationSettings, load_captioning
+    from mvclam.engine.captioning.references import open_reference_table
 
     if threads:
         torch.set_num_threads(threads)
     settings = GenerationSettings(max_new_tokens=max_new_tokens, num_beams=num_beams)
+    cited = open_reference_table(references, reference_column) if references else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        captioning = load_captioning(model, config, overrides, batch_size=batch_size, settings=settings)
+        captioning = load_captioning(
+            model, config, overrides, batch_size=batch_size, settings=settings, references=cited
+        )
+    if cited is not None and captioning.references is None:
+        raise SystemExit("--references: this captioner was trained without references, so it cites none")
     for warning in caught:
         if str(warning.message) == UNTRAINED_WARNING:
             print(f"WARNING: {UNTRAINED_WARNING}", file=sys.stderr)

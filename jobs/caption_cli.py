@@ -31,6 +31,8 @@ def _cmd_caption_table(args: argparse.Namespace) -> int:
         limit=args.limit,
         retry_errors=args.retry_errors or None,
         address=args.address,
+        references=args.references,
+        reference_column=args.reference_column,
     )
     summary = run_caption_table(job)
     print(json.dumps(summary.to_dict()) if args.json else summary.format())
@@ -60,6 +62,8 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         num_beams=args.num_beams or 1,
         threads=args.threads,
         out=args.out,
+        references=args.references,
+        reference_column=args.reference_column or "description",
     )
 
 
@@ -97,5 +101,16 @@ def add_caption_subcommand(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 96")
     parser.add_argument("--num-beams", type=int, default=None, help="default 1 (greedy)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--references",
+        default=None,
+        help="DB/TABLE: a LanceDB table of described molecules (id, inchikey, smiles or canonical_smiles, "
+        "a description column) that the prompts cite instead of the captioner's own reference set",
+    )
+    parser.add_argument(
+        "--reference-column",
+        default=None,
+        help="the description column of --references (default: description)",
+    )
     parser.set_defaults(handler=_cmd_caption)
     return parser

@@ -9,6 +9,13 @@ Pipeline (Ray Data, Arrow batches end to end):
         first actor on a machine exports into the LLM cache; later runs reuse it)
       → driver: merge-insert (update only, keyed on id) of the caption columns every `commit_rows` rows
 
+A captioner that cites references (retrieval-augmented, engine/captioning/references.py) gets its
+reference set from the driver, once, through the object store: the set it was trained with, or
+`references` (a LanceDB `DB/TABLE` of described molecules). Each caption's cited ids and
+similarities go into `caption_references`; the set's source and content version into
+`caption_settings`. The set is not part of the caption version, so a growing annotation table does
+not make every caption stale (re-caption with a new version or `--retry-errors` when wanted).
+
 Why it is safe to run every night: the caption version is the hash pair of the MV-CLAM weights and
 the captioner (projector + LoRA + base-LLM hash) that wrote it; a row is done when it carries this
 version and its caption was written for the molecule it holds now (`caption_inchikey`). Commits are
@@ -38,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 
 from mvclam.engine.store import (
+    CAPTION_REFERENCES_TYPE,
     caption_todo_filter,
     ensure_caption_columns,
     merge_captions,
@@ -76,6 +84,8 @@ class CaptionTableJob:
     progress: bool = True
     vllm_options: dict[str, Any] = field(default_factory=dict)  # extra vllm.LLM(...) arguments
     llm_cache: str | None = None  # merged-LLM cache (None: $MVCLAM_LLM_CACHE or ~/.cache/mvclam/llm)
+    references: str | None = None  # DB/TABLE of described molecules to cite (None: the captioner's own set)
+    reference_column: str = "description"  # the description column of `references`
 
     def __post_init__(self) -> None:
         if self.backend not in ("transformers", "vllm"):
@@ -143,16 +153,21 @@ class CaptionActor:
         num_threads: int = 1,
         vllm_options: dict[str, Any] | None = None,
         llm_cache: str | None = None,
+        references: pa.Table | None = None,
     ):
         import torch
 
         from mvclam.engine.captioning import GenerationSettings, load_captioning
+        from mvclam.engine.captioning.references import ReferenceSet
         from mvclam.engine.embedder import default_device
 
         torch.set_num_threads(max(1, num_threads))
         self._tmp = tempfile.TemporaryDirectory(prefix="mvclam-caption-")
         directory = unpack_checkpoint(checkpoint, Path(self._tmp.name, "ckpt"))
-        self.captioning = load_captioning(directory, batch_size=batch_size, device=default_device())
+        cited = ReferenceSet.from_arrow(references) if references is not None else None
+        self.captioning = load_captioning(
+            directory, batch_size=batch_size, device=default_device(), references=cited
+        )
         self.settings = GenerationSettings(**settings)
         if backend == "vllm":
             from mvclam.engine.captioning.backends import VLLMBackend
@@ -172,14 +187,16 @@ class CaptionActor:
         started = time.perf_counter()
         n = batch.num_rows
 
-        def caption(rows: Sequence[int]) -> list[str]:
+        def caption(rows: Sequence[int]) -> list:
             selected = batch.take(pa.array(rows, pa.int64())).select(VIEW_SCHEMA.names)
             views = views_from_arrow(selected.replace_schema_metadata(VIEW_SCHEMA.metadata))
-            return list(self.captioning.caption_views(views, self.settings))
+            return self.captioning.describe_views(views, self.settings)
 
         # A molecule that breaks the batch is isolated; the others are still captioned. A dead
         # engine fails the job (it resumes) rather than mark every row.
-        captions, errors = retry_per_row(caption, list(range(n)), is_fatal=self.captioning.backend.is_fatal)
+        results, errors = retry_per_row(caption, list(range(n)), is_fatal=self.captioning.backend.is_fatal)
+        captions = [r.caption if r is not None else None for r in results]
+        cited = [r.provenance() if r is not None else None for r in results]
         tokens = [len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) if c else 0 for c in captions]
         seconds = time.perf_counter() - started
         return pa.table(
@@ -188,6 +205,7 @@ class CaptionActor:
                 "inchikey": batch["inchikey"],
                 "caption": pa.array(captions, pa.string()),
                 "caption_error": pa.array(errors, pa.string()),
+                "caption_references": pa.array(cited, CAPTION_REFERENCES_TYPE),
                 "_tokens": pa.array(tokens, pa.int64()),
                 "_generate_s": pa.array(np.full(n, seconds / max(n, 1))),
             }
@@ -205,6 +223,21 @@ def _captioning_checkpoint(job: CaptionTableJob) -> Path:
             f"{directory or 'no shipped checkpoint'} has none"
         )
     return directory
+
+
+def _reference_set(job: CaptionTableJob, directory: Path):
+    """The reference set the captions cite (None for a captioner that cites none)."""
+    from mvclam.engine.captioning.checkpoint import captioner_dir, read_captioner_manifest
+    from mvclam.engine.captioning.references import ReferenceSet, open_reference_table, resolve_reference_set
+
+    config = read_captioner_manifest(directory)["config"]
+    if not config.get("references"):
+        if job.references:
+            raise ValueError("references: this captioner was trained without references, so it cites none")
+        return None
+    if job.references:
+        return open_reference_table(job.references, job.reference_column)
+    return ReferenceSet.load(resolve_reference_set(config.get("reference_set", ""), captioner_dir(directory)))
 
 
 def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
@@ -234,7 +267,11 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
         return summary
 
     settings = job.settings()
-    settings_json = json.dumps({**settings.to_dict(), "backend": job.backend}, sort_keys=True)
+    references = _reference_set(job, directory)
+    recorded = {**settings.to_dict(), "backend": job.backend}
+    if references is not None:
+        recorded["references"] = references.describe()
+    settings_json = json.dumps(recorded, sort_keys=True)
     owns_ray = init_ray(job.address, job.num_cpus)
     try:
         context = DataContext.get_current()
@@ -255,6 +292,7 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
                 "num_threads": max(1, int(job.actor_cpus)),
                 "vllm_options": job.vllm_options,
                 "llm_cache": job.llm_cache or os.environ.get(LLM_CACHE_ENV),
+                "references": ray.put(references.to_arrow()) if references is not None else None,
             },
             compute=ActorPoolStrategy(size=job.actors),
             num_cpus=job.actor_cpus,

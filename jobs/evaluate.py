@@ -89,6 +89,8 @@ def _load_set(args: argparse.Namespace, config):
     prepared = _prepared(args)
     split = resolve_split(args.split, args.pairs, prepared)
     eval_set = load_eval_set(args.pairs, split, config, prepared, workers=args.workers, log=_log)
+    if getattr(args, "limit_molecules", None):
+        eval_set = eval_set.head(args.limit_molecules)
     _log(f"evaluating {len(eval_set.data)} pairs / {len(eval_set.molecule_keys)} molecules ({split})")
     return eval_set, prepared
 
@@ -169,6 +171,9 @@ def run_captioning(args: argparse.Namespace) -> int:
         from mvclam.engine.captioning import GenerationSettings
 
         settings = GenerationSettings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+        from mvclam.engine.captioning.references import open_reference_table
+
+        cited = open_reference_table(args.references, args.reference_column) if args.references else None
         captioner = load_captioning(
             args.model,
             args.config,
@@ -176,13 +181,31 @@ def run_captioning(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             settings=settings,
             device=args.device,
+            references=cited,
         )
         eval_set, prepared = _load_set(args, captioner.mvclam.config.views)
+        references = None
+        if captioner.references is not None:
+            # The references hold no evaluated molecule (by InChIKey), whatever set was given.
+            captioner.references = captioner.references.without(eval_set.molecule_keys)
+            references = {
+                **captioner.references.describe(),
+                "k": captioner.captioner.config.references,
+                "evaluated_molecules_in_references": len(
+                    set(captioner.references.inchikeys) & set(eval_set.molecule_keys)
+                ),
+            }
         predictions = caption_molecules(eval_set, captioner.caption_views)
         source = "generated"
         description = {
             "checkpoint": args.model,
             "captioner_trained": bool(getattr(captioner, "trained", False)),
+            "captioner_version": captioner.captioner.version,
+            "prompt": {
+                k: captioner.captioner.config.to_dict()[k]
+                for k in ("soft_prompt", "smiles_chars", "references", "reference_tokens")
+            },
+            "references": references,
             "generation": settings.to_dict(),
         }
         if args.save_predictions:
@@ -263,6 +286,16 @@ def add_evaluate_subcommand(subparsers: argparse._SubParsersAction) -> argparse.
     captioning.add_argument("--max-new-tokens", type=int, default=96)
     captioning.add_argument("--num-beams", type=int, default=1, help="1: greedy")
     captioning.add_argument("--batch-size", type=int, default=16, help="molecules per generate call")
+    captioning.add_argument(
+        "--references",
+        default=None,
+        help="DB/TABLE of described molecules to cite (default: the captioner's set)",
+    )
+    captioning.add_argument("--reference-column", default="description")
+    captioning.add_argument(
+        "--limit-molecules", type=int, default=None,
+        help="caption only the first N molecules (a quick look; the report says so)",
+    )  # fmt: skip
     captioning.set_defaults(handler=run_captioning)
     return parser
 

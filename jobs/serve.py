@@ -111,7 +111,15 @@ class SimilarRequest(BaseModel):
     depict: bool = Field(default=True, strict=True)
 
 
-# One search result: the score, identity, every stored property column (PROPERTY_FIELDS) and the caption.
+class CitedReference(BaseModel):
+    """A described molecule that a caption's prompt cited (its id in the reference set)."""
+
+    id: str
+    similarity: float
+
+
+# One search result: the score, identity, every stored property column (PROPERTY_FIELDS), the
+# caption and its provenance.
 Hit = create_model(
     "Hit",
     id=(str, ...),
@@ -122,6 +130,7 @@ Hit = create_model(
     inchikey=(str | None, None),
     **{f.name: ((int if pa.types.is_integer(f.type) else float) | None, None) for f in PROPERTY_FIELDS},
     caption=(str | None, None),
+    caption_references=(list[CitedReference] | None, None),
     svg=(str | None, None),
 )
 

@@ -346,7 +346,7 @@ def test_cli_smiles_prints_rows_with_errors(capsys):
     assert _run_cli(argv) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
-    assert lines[0].split("\t") == ["id", "smiles", "caption", "error"]
+    assert lines[0].split("\t") == ["id", "smiles", "caption", "error", "references"]
     good, bad = (line.split("\t") for line in lines[1:])
     assert good[:2] == ["1", "CCO"] and good[2] and good[3] == ""
     assert bad[:2] == ["2", "C1CC"] and bad[2] == "" and bad[3]
@@ -361,7 +361,8 @@ def test_cli_input_file_writes_one_row_per_line(tmp_path, capsys):
     argv = ["caption", "--input", str(smi), "--out", str(out), "--max-new-tokens", "3", "--batch-size", "1"]
     assert _run_cli(argv) == 0
     rows = [line.split("\t") for line in out.read_text().splitlines()]
-    assert rows[0] == ["id", "smiles", "caption", "error"] and len(rows) == 5
+    assert rows[0] == ["id", "smiles", "caption", "error", "references"] and len(rows) == 5
+    assert all(r[4] == "[]" for r in rows[1:])  # a captioner without references cites none
     by_id = {r[0]: r for r in rows[1:]}
     assert by_id["ethanol"][2] and not by_id["ethanol"][3]
     assert by_id["4"][2] and not by_id["4"][3]

@@ -247,3 +247,33 @@ def test_stage2_trains_projector_and_lora_and_saves_one_checkpoint(tmp_path, toy
         if "lora_" in name or name.startswith("projector."):
             assert torch.equal(tensor, task.module.state_dict()[name]), name
     assert MVCLAM.from_pretrained(result.final_checkpoint).model_version == stage1.model_version
+
+
+def test_stage2_with_references_trains_and_keeps_its_reference_set(tmp_path, toy_data):
+    """Retrieval-augmented stage 2: prompts cite the training split's other molecules; the saved
+    captioner carries that set and cites it when loaded, never a molecule's own description."""
+    from mvclam.engine.captioning import GenerationSettings, load_captioning
+    from mvclam.engine.captioning.references import REFERENCES_FILE
+    from mvclam.engine.training.tasks import Stage2Task
+
+    stage1 = make_task().module
+    stage1.save_pretrained(tmp_path / "stage1")
+    options = {"smiles_chars": 24, "references": 2, "reference_tokens": 6}
+    task = Stage2Task.from_checkpoint(tmp_path / "stage1", options)
+    result = train_loop(
+        config(tmp_path / "stage2", stage="stage2", epochs=1, batch_size=4, eval_every=2, eval_batches=1),
+        task=task,
+        data=toy_data,
+    )
+    assert result.state.step == 2 and task.references is not None and len(task.references) == len(SMILES)
+    assert (result.final_checkpoint / "captioner" / REFERENCES_FILE).is_file()
+    captioning = load_captioning(result.final_checkpoint, batch_size=4)
+    assert captioning.references is not None and captioning.references.version == task.references.version
+    views = toy_data[0].views[:3]
+    described_views = captioning.describe_views(views, GenerationSettings(max_new_tokens=2))
+    for view, described in zip(views, described_views, strict=True):
+        assert len(described.references) == 2
+        assert view.inchikey not in {
+            captioning.references.inchikeys[captioning.references.ids.index(r.id)]
+            for r in described.references
+        }

@@ -36,6 +36,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from mvclam.engine.captioning.decoding import trim_repetition
+
 if TYPE_CHECKING:
     from mvclam.engine.captioning.model import MoleculeCaptioner
 
@@ -52,10 +54,16 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     length_penalty: float = 1.0
     seed: int | None = None  # sampling only
+    # Repetition guard (decoding.py): no word n-gram of this length more than max_ngram_repeats
+    # times in a caption; max_ngram_repeats 0 turns it off.
+    repeat_ngram: int = 4
+    max_ngram_repeats: int = 2
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.num_beams < 1:
             raise ValueError("max_new_tokens and num_beams must be positive")
+        if self.repeat_ngram < 1 or self.max_ngram_repeats < 0:
+            raise ValueError("repeat_ngram must be positive and max_ngram_repeats not negative")
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
             raise ValueError("temperature and repetition_penalty must be > 0 and top_p in (0, 1]")
 
@@ -106,7 +114,12 @@ class CaptionBackend(ABC):
         return [text.strip() for text in self.tokenizer.batch_decode(list(ids), skip_special_tokens=True)]
 
     def generate(self, prompt_embeds: PromptEmbeds, settings: GenerationSettings) -> list[str]:
-        return self.decode(self.generate_ids(prompt_embeds, settings))
+        captions = self.decode(self.generate_ids(prompt_embeds, settings))
+        if settings.max_ngram_repeats:
+            captions = [
+                trim_repetition(c, settings.repeat_ngram, settings.max_ngram_repeats) for c in captions
+            ]
+        return captions
 
     def is_fatal(self, error: BaseException) -> bool:
         """True when `error` means the backend itself is broken (not one prompt): callers stop then."""

@@ -20,39 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from rdkit import Chem, DataStructs, rdBase
-from rdkit.Chem import rdFingerprintGenerator
+from rdkit import DataStructs
 
-FP_RADIUS = 2
-FP_BITS = 2048
+from mvclam.engine.views.fingerprints import FP_BITS, FP_RADIUS, morgan_bitvects, morgan_matrix
+
 MAX_FEATURES = 4096  # keeps the dense (rows x terms) matrix and the solve small on a laptop
 RIDGE_ALPHA = 1.0
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
-
-
-def _generator():
-    return rdFingerprintGenerator.GetMorganGenerator(radius=FP_RADIUS, fpSize=FP_BITS)
-
-
-def morgan_bitvects(smiles: Sequence[str]) -> list:
-    generator = _generator()
-    out = []
-    with rdBase.BlockLogs():
-        for s in smiles:
-            mol = Chem.MolFromSmiles(s)
-            out.append(
-                generator.GetFingerprint(mol) if mol is not None else DataStructs.ExplicitBitVect(FP_BITS)
-            )
-    return out
-
-
-def morgan_matrix(smiles: Sequence[str]) -> np.ndarray:
-    """(N, FP_BITS) float32 0/1."""
-    matrix = np.zeros((len(smiles), FP_BITS), dtype=np.float32)
-    for row, fp in enumerate(morgan_bitvects(smiles)):
-        on = list(fp.GetOnBits())
-        matrix[row, on] = 1.0
-    return matrix
 
 
 def _terms(text: str) -> list[str]:

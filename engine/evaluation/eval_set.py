@@ -41,10 +41,27 @@ class EvalSet:
     files: list[str]
     views_from: str
     errors: dict[str, int] = field(default_factory=dict)
+    limited_to: int | None = None  # `head(n)`: only the first n molecules of the set
 
     @property
     def texts(self) -> list[str]:
         return self.data.descriptions
+
+    def head(self, molecules: int) -> EvalSet:
+        """The first `molecules` distinct molecules with all their rows (a quick look at a set)."""
+        rows = [row for row, molecule in enumerate(self.truth.tolist()) if molecule < molecules]
+        data = self.data
+        subset = PairDataset(
+            views=[data.views[r] for r in rows],
+            descriptions=[data.descriptions[r] for r in rows],
+            inchikeys=[data.inchikeys[r] for r in rows],
+            cids=[data.cids[r] for r in rows] if data.cids else [],
+            sources=[data.sources[r] for r in rows] if data.sources else [],
+            split=data.split,
+        )
+        head = _from_dataset(subset, self.split, self.files, self.views_from, self.errors)
+        head.limited_to = molecules
+        return head
 
     def summary(self) -> dict[str, object]:
         return {
@@ -54,6 +71,7 @@ class EvalSet:
             "molecules": len(self.molecule_keys),
             "rows_not_usable": self.errors,
             "views": self.views_from,
+            **({"limited_to_first_molecules": self.limited_to} if self.limited_to else {}),
         }
 
 

@@ -281,6 +281,15 @@ def captioning_report(
     if predictions is not None:
         per_row = [predictions[i] for i in eval_set.truth.tolist()]
         results["model"] = caption_metrics(per_row, references)
+        from mvclam.engine.captioning.decoding import max_ngram_count  # (the package imports the LLM stack)
+
+        repeats = [max_ngram_count(p, 4) for p in predictions]
+        report["repetition"] = {
+            "max_word_4gram_count": max(repeats, default=0),
+            "captions_repeating_a_4gram_over_twice": sum(r > 2 for r in repeats),
+            "captions": len(predictions),
+            "distinct_captions": len(set(predictions)),
+        }
         report["model"] = {"predictions": prediction_source, **(model_description or {})}
     if train_data is not None and train_data.descriptions:
         query = [v.canonical_smiles for v in eval_set.molecule_views]

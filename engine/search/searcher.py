@@ -63,7 +63,8 @@ RESULT_COLUMNS = (
     "model_name",
     "model_version",
 )
-CAPTION_COLUMNS = ("caption", "caption_model_version")  # of CAPTION_FIELDS, the ones a hit shows
+# Of CAPTION_FIELDS, the ones a hit shows: the caption, who wrote it, and what its prompt cited.
+CAPTION_COLUMNS = ("caption", "caption_model_version", "caption_references")
 MAX_K = 1000
 MAX_CANDIDATES = 20_000
 # A long-lived searcher (the HTTP service) re-reads the table's latest version at most this often,

@@ -19,6 +19,7 @@ from .lance_store import (
 from .rows import embedded_rows, error_rows, property_columns
 from .schema import (
     CAPTION_FIELDS,
+    CAPTION_REFERENCES_TYPE,
     ERRORS_SCHEMA,
     PROPERTY_COLUMNS,
     PROPERTY_FIELDS,
@@ -31,6 +32,7 @@ from .schema import (
 
 __all__ = [
     "CAPTION_FIELDS",
+    "CAPTION_REFERENCES_TYPE",
     "ERRORS_SCHEMA",
     "PROPERTY_COLUMNS",
     "PROPERTY_FIELDS",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from .lance_store import sql_quote
-from .schema import CAPTION_FIELDS, TIMESTAMP
+from .schema import CAPTION_FIELDS, CAPTION_REFERENCES_TYPE, TIMESTAMP
 
 if TYPE_CHECKING:
     import lancedb
@@ -43,8 +43,13 @@ def caption_todo_filter(version: str, retry_errors: bool = False) -> str:
 
 def merge_captions(table: lancedb.table.Table, rows: pa.Table, version: str, settings_json: str) -> None:
     """One update-only commit of the caption columns for `rows` (`id`, `inchikey` of the molecule
-    captioned, `caption`, `caption_error`), stamped with `version`, the settings and the time."""
+    captioned, `caption`, `caption_error`, optionally `caption_references`), stamped with `version`,
+    the settings and the time."""
     now = pa.scalar(time.time_ns() // 1000, TIMESTAMP)
+    if "caption_references" in rows.column_names:
+        references = rows["caption_references"].cast(CAPTION_REFERENCES_TYPE)
+    else:
+        references = pa.nulls(rows.num_rows, CAPTION_REFERENCES_TYPE)
     update = pa.table(
         {
             "id": rows["id"],
@@ -54,6 +59,7 @@ def merge_captions(table: lancedb.table.Table, rows: pa.Table, version: str, set
             "caption_settings": pa.array([settings_json] * rows.num_rows, pa.string()),
             "caption_inchikey": rows["inchikey"],
             "captioned_at": pa.array([now] * rows.num_rows, TIMESTAMP),
+            "caption_references": references,
         }
     )
     table.merge_insert("id").when_matched_update_all().execute(update)

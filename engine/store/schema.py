@@ -44,6 +44,8 @@ PROPERTY_COLUMNS: tuple[str, ...] = tuple(f.name for f in PROPERTY_FIELDS)
 if MoleculeProperties._fields != PROPERTY_COLUMNS:  # the views compute them in this order
     raise ImportError(f"PROPERTY_FIELDS {PROPERTY_COLUMNS} differ from MoleculeProperties")
 
+CAPTION_REFERENCES_TYPE = pa.list_(pa.struct([("id", pa.string()), ("similarity", pa.float32())]))
+
 # Caption columns, added to an embeddings table by the bulk captioning job (see `captions.py`).
 CAPTION_FIELDS: tuple[pa.Field, ...] = (
     pa.field("caption", pa.string()),
@@ -52,6 +54,9 @@ CAPTION_FIELDS: tuple[pa.Field, ...] = (
     pa.field("caption_settings", pa.string()),  # JSON of the generation settings and backend
     pa.field("caption_inchikey", pa.string()),  # the molecule the caption describes
     pa.field("captioned_at", TIMESTAMP),
+    # Provenance: the described molecules the caption's prompt cited (their id in the reference
+    # set named in caption_settings, and their Tanimoto similarity), best first; empty without.
+    pa.field("caption_references", CAPTION_REFERENCES_TYPE),
 )
 
 _IDENTITY_FIELDS = (

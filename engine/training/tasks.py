@@ -190,6 +190,7 @@ class Stage2Task:
         device = _device()
         self.mvclam = mvclam.to(device).eval().requires_grad_(False)
         self.module = captioner.to(device)
+        self.references = None  # a ReferenceSet of the training split when the prompts cite references
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, captioner_options: dict | None = None) -> Stage2Task:
@@ -202,7 +203,13 @@ class Stage2Task:
         return cls(mvclam, MoleculeCaptioner(CaptionerConfig.for_model(mvclam, **(captioner_options or {}))))
 
     def setup(self, train_data: PairData, validation_data: PairData, output_dir: Path) -> None:
-        """Nothing to prepare: the frozen stage-1 model computes soft prompts per batch."""
+        """The frozen stage-1 model computes soft prompts per batch; a captioner that cites
+        references gets the training split's described molecules (each molecule's own description
+        is never its reference: `nearest` skips its InChIKey; validation molecules are not in it)."""
+        from mvclam.engine.captioning.references import ReferenceSet
+
+        if _unwrap(self.module).config.references:
+            self.references = ReferenceSet.from_pairs(train_data, source=f"{output_dir} training split")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return _unwrap(self.module).trainable_parameters()
@@ -212,11 +219,21 @@ class Stage2Task:
     ) -> dict[str, torch.Tensor]:
         from mvclam.engine.captioning.model import molecule_query_states
 
-        device = next(self.mvclam.parameters()).device
-        with torch.no_grad():
-            query_states = molecule_query_states(self.mvclam, collate_views(views).to(device))
-        loss = module(query_states, descriptions)  # through the (DDP) wrapper so gradients sync
+        captioner = _unwrap(self.module)
+        contexts = self.contexts(captioner.config, views)
+        query_states = None
+        if captioner.config.soft_prompt:
+            device = next(self.mvclam.parameters()).device
+            with torch.no_grad():
+                query_states = molecule_query_states(self.mvclam, collate_views(views).to(device))
+        loss = module(query_states, descriptions, contexts)  # through the (DDP) wrapper so gradients sync
         return {"loss": loss, "captioning": loss}
+
+    def contexts(self, config, views: list[MoleculeViews]) -> list | None:
+        """The prompts' SMILES and references of a batch (None when the captioner uses neither)."""
+        from mvclam.engine.captioning.model import prompt_contexts
+
+        return prompt_contexts(config, views, self.references) if config.uses_context else None
 
     def save(self, directory: Path, dtype: torch.dtype) -> None:
         from mvclam.engine.captioning.checkpoint import save_captioner
@@ -224,7 +241,9 @@ class Stage2Task:
         self.mvclam.save_pretrained(directory, weights_dtype=dtype)
         captioner = _unwrap(self.module)
         captioner.trained = True
-        save_captioner(captioner, directory, weights_dtype=dtype)
+        saved = save_captioner(captioner, directory, weights_dtype=dtype)
+        if self.references is not None and not captioner.config.reference_set:
+            self.references.save(saved)  # beside the captioner: load_captioning finds it there
 
     def load_weights(self, directory: Path) -> None:
         from mvclam.engine.captioning.checkpoint import load_captioner
