@@ -11,7 +11,9 @@ Pipeline (Arrow tables end to end, nothing collected on the driver):
          `commit_rows` rows, or sooner once `commit_seconds` have passed since the last commit.
 
 Why the driver writes: one writer means no concurrent Lance commits to retry, and every chunk
-is one atomic commit, so a killed run keeps all chunks committed before the kill. Writes cost
+is one atomic commit, so a killed run keeps all chunks committed before the kill. One job per
+table: the run holds the table's writer lock (local databases), so a second `mvclam embed` into
+it fails at once instead of inserting the same new ids again. Writes cost
 microseconds per row against tens of milliseconds of views + encoding, so one writer keeps up.
 The read tasks take no CPU and the writer runs outside Ray's scheduler, so actors and views tasks
 can take every CPU without starving them.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -277,6 +280,37 @@ class _Writer:
             )
 
 
+def fit_cpus(job: EmbedJob, cpus: float) -> tuple[float, float]:
+    """(encoder_cpus, views_cpus) for a Ray instance of `cpus` CPUs: the job's own, or scaled down
+    to fractions when the encoder actors and one views task would not fit together. Ray holds the
+    actors' CPUs for the whole run, so otherwise no views task is ever scheduled and the run hangs
+    (`--num-cpus 1`, a 1-core machine)."""
+    needed = job.encoders * job.encoder_cpus + job.views_cpus
+    if cpus <= 0 or needed <= cpus:
+        return job.encoder_cpus, job.views_cpus
+    scale = cpus / needed
+    return job.encoder_cpus * scale, job.views_cpus * scale
+
+
+def _local_cpus(job: EmbedJob) -> tuple[float, float]:
+    """`fit_cpus` for a local Ray instance; a cluster's own requests are kept (an autoscaler may
+    add the CPUs they need)."""
+    import ray
+
+    if job.address or os.environ.get("RAY_ADDRESS"):
+        return job.encoder_cpus, job.views_cpus
+    encoder_cpus, views_cpus = fit_cpus(job, float(ray.cluster_resources().get("CPU", 0)))
+    if (encoder_cpus, views_cpus) != (job.encoder_cpus, job.views_cpus):
+        print(
+            f"[mvclam embed] {ray.cluster_resources().get('CPU', 0):g} CPUs: fewer than {job.encoders} "
+            f"encoder(s) x {job.encoder_cpus:g} + views {job.views_cpus:g} need; running with "
+            f"encoder_cpus {encoder_cpus:.2g}, views_cpus {views_cpus:.2g}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return encoder_cpus, views_cpus
+
+
 def _run_pipeline(
     job: EmbedJob,
     paths: list[str],
@@ -291,6 +325,7 @@ def _run_pipeline(
     from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     done = store.reconcile(summary.model_version).done
+    encoder_cpus, views_cpus = _local_cpus(job)
 
     context = DataContext.get_current()
     context.execution_options.preserve_order = True  # first occurrence of an id wins, every run
@@ -306,17 +341,20 @@ def _run_pipeline(
     dataset = ray.data.read_datasource(source, num_cpus=0)
     # A read task merges what it yields up to DataContext.target_max_block_size (128 MiB), so one
     # file arrives as one block and a single views task would take the whole catalog. Streaming
-    # repartition cuts it into batch-sized blocks that fan out across the views tasks.
-    dataset = dataset.repartition(target_num_rows_per_block=job.views_batch_size)
+    # repartition cuts it into batch-sized blocks that fan out across the views tasks. Its tasks
+    # ask for a whole CPU, which a scaled-down pipeline (fit_cpus) lacks while the encoder holds
+    # its share, and with so few CPUs one views task at a time is all there is to fan out to.
+    if (encoder_cpus, views_cpus) == (job.encoder_cpus, job.views_cpus):
+        dataset = dataset.repartition(target_num_rows_per_block=job.views_batch_size)
     dataset = dataset.map_batches(
         compute_view_rows,
         batch_format="pyarrow",
         batch_size=job.views_batch_size,
         fn_kwargs={"done": ray.put(done), "view_config": _view_config(job)},
-        num_cpus=job.views_cpus,
+        num_cpus=views_cpus,
         # A remote-args function also keeps Ray from fusing the views into the encoder
         # actors (it fuses task -> actor stages with equal args): views must fan out to tasks.
-        ray_remote_args_fn=_RemoteArgs(num_cpus=job.views_cpus),
+        ray_remote_args_fn=_RemoteArgs(num_cpus=views_cpus),
         compute=TaskPoolStrategy(size=job.views_workers) if job.views_workers else None,
     )
     dataset = dataset.map_batches(
@@ -327,10 +365,10 @@ def _run_pipeline(
             "checkpoint": ray.put(blob),
             "token_dtype": job.token_dtype,
             "batch_size": job.encoder_batch_size,
-            "num_threads": max(1, int(job.encoder_cpus)),
+            "num_threads": max(1, int(encoder_cpus)),
         },
         compute=ActorPoolStrategy(size=job.encoders),
-        num_cpus=job.encoder_cpus,
+        num_cpus=encoder_cpus,
         num_gpus=gpus,
     )
     writer = _Writer(store, schema, job, summary)
@@ -359,6 +397,7 @@ def run_embed(job: EmbedJob) -> EmbedSummary:
             blob, model_name, model_version, dim = _prepare_model(job, Path(workdir))
         summary = EmbedSummary(model_name=model_name, model_version=model_version)
         schema = embeddings_schema(dim, job.token_dtype)
+        # Holds the table's writer lock until the run ends: a second job is refused meanwhile.
         store = CatalogStore.open(job.db, job.table, schema, job.errors_table)
         try:
             return _run_pipeline(job, paths, store, schema, summary, blob, started)
@@ -367,6 +406,8 @@ def run_embed(job: EmbedJob) -> EmbedSummary:
             with contextlib.suppress(Exception):
                 store.discard_if_unused()
             raise
+        finally:
+            store.close()
     finally:
         if owns_ray:
             ray.shutdown()

@@ -118,7 +118,10 @@ class EncoderActor:
         self.value_type = TOKEN_DTYPES[token_dtype]
         self.numpy_dtype = np.float16 if token_dtype == "float16" else np.float32
         torch_dtype = torch.float16 if token_dtype == "float16" else torch.float32
-        self.embedder = MoleculeEmbedder(model, batch_size=batch_size, token_dtype=torch_dtype)
+        # Batch-invariant: a resumed run, whose batches hold other molecules, stores the same tokens.
+        self.embedder = MoleculeEmbedder(
+            model, batch_size=batch_size, token_dtype=torch_dtype, batch_invariant=True
+        )
         self.node = _node_id()
         self.pid = os.getpid()
 

@@ -183,6 +183,10 @@ def run_captioning(args: argparse.Namespace) -> int:
             device=args.device,
             references=cited,
         )
+        if args.prompt:
+            captioner.captioner.config = ablated_prompt(captioner.captioner.config, args.prompt)
+            if not captioner.captioner.config.references:
+                captioner.references = None
         eval_set, prepared = _load_set(args, captioner.mvclam.config.views)
         references = None
         if captioner.references is not None:
@@ -215,6 +219,40 @@ def run_captioning(args: argparse.Namespace) -> int:
     _write(report, args.out)
     _print_summary(report)
     return 0
+
+
+PROMPT_PARTS = {"soft_prompt": bool, "smiles_chars": int, "references": int}
+
+
+def ablated_prompt(config, items: list[str]):
+    """The captioner's config with prompt parts changed at inference time (the ablations of
+    docs/training.md): `soft_prompt=false`, `references=0`, `smiles_chars=0`. Only parts can be
+    removed or shrunk: the captioner never learned more references or a longer SMILES."""
+    import dataclasses
+
+    changes: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in PROMPT_PARTS:
+            raise SystemExit(f"--prompt takes KEY=VALUE with KEY one of {sorted(PROMPT_PARTS)}, got '{item}'")
+        if PROMPT_PARTS[key] is bool:
+            if raw.lower() not in ("true", "false"):
+                raise SystemExit(f"--prompt {key} takes true or false, got '{raw}'")
+            value: object = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SystemExit(f"--prompt {key} takes an integer, got '{raw}'") from None
+        if value > getattr(config, key):
+            raise SystemExit(
+                f"--prompt {key}={raw} exceeds the trained prompt ({key}={getattr(config, key)})"
+            )
+        changes[key] = value
+    try:
+        return dataclasses.replace(config, **changes)
+    except ValueError as exc:
+        raise SystemExit(f"--prompt: {exc}") from None
 
 
 def _save_predictions(path: str, eval_set, predictions: list[str]) -> None:
@@ -295,6 +333,10 @@ def add_evaluate_subcommand(subparsers: argparse._SubParsersAction) -> argparse.
     captioning.add_argument(
         "--limit-molecules", type=int, default=None,
         help="caption only the first N molecules (a quick look; the report says so)",
+    )  # fmt: skip
+    captioning.add_argument(
+        "--prompt", action="append", default=[], metavar="KEY=VALUE",
+        help="ablate a prompt part at inference: soft_prompt=false, references=0, smiles_chars=0 (repeatable)",
     )  # fmt: skip
     captioning.set_defaults(handler=run_captioning)
     return parser

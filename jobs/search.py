@@ -152,6 +152,7 @@ SERVE_LIMITS = (
     "request_embed_timeout_s",
     "molecule_workers",
     "molecule_wait_s",
+    "smarts_timeout_s",
 )
 
 
@@ -174,7 +175,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def add_search_subcommands(sub: argparse._SubParsersAction) -> None:
     from mvclam.engine.search import BRUTE_FORCE_ROWS
     from mvclam.engine.search.index import INDEX_TYPES
-    from mvclam.jobs.serve import MAX_BODY_BYTES, MAX_REQUEST_ATOMS, MOLECULE_WAIT_S, REQUEST_EMBED_TIMEOUT_S
+    from mvclam.jobs.serve import (
+        MAX_BODY_BYTES,
+        MAX_REQUEST_ATOMS,
+        MOLECULE_WAIT_S,
+        REQUEST_EMBED_TIMEOUT_S,
+        SMARTS_TIMEOUT_S,
+    )
 
     search = sub.add_parser(
         "search", help="search an embedded catalog with a sentence (or similar molecules)"
@@ -246,7 +253,15 @@ def add_search_subcommands(sub: argparse._SubParsersAction) -> None:
         default=MOLECULE_WAIT_S,
         dest="molecule_wait_s",
         metavar="SECONDS",
-        help="how long a molecule request waits for a worker before 503",
+        help="how long a molecule request waits for a worker before 429 (Retry-After)",
+    )
+    serve.add_argument(
+        "--smarts-timeout",
+        type=float,
+        default=SMARTS_TIMEOUT_S,
+        dest="smarts_timeout_s",
+        metavar="SECONDS",
+        help="SMARTS matching time per request (in a worker process, killed at the limit) before 408",
     )
     _add_index_options(serve)
     serve.set_defaults(handler=_cmd_serve)

@@ -13,18 +13,27 @@ internal expressions and Lance's source paths, so they are logged here and never
 
 One lock serialises model calls and table scans: a CPU model gains nothing from concurrent
 forwards. A client molecule's views (RDKit, seconds for a large one) are computed outside it, with
-a bounded atom count and ETKDG time, so molecule requests never hold up text search.
+a bounded atom count and ETKDG time, so molecule requests never hold up text search. SMARTS
+filters are matched outside it too, in a worker process killed at the request's deadline
+(`smarts_timeout_s`), since RDKit's matching is exponential for some patterns.
+
+Statuses: 400 a request the searcher refuses (invalid filter, SMILES or SMARTS); 408 a SMARTS
+filter that did not finish matching in time; 413 a body over the limit; 422 an invalid request
+or a SMARTS pattern over the complexity limits (engine/search/smarts.py); 429 (with Retry-After)
+no free slot for a client molecule's views within `molecule_wait_s`; 503 the catalog table cannot
+be read (damaged or unreadable storage); 500 anything else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -32,7 +41,8 @@ import pyarrow as pa
 from pydantic import AfterValidator, BaseModel, Field, create_model
 
 from mvclam.engine.search import CatalogSearcher, SearchError, SearchHit
-from mvclam.engine.store import PROPERTY_FIELDS
+from mvclam.engine.search.smarts import SmartsTimeout, SmartsTooComplex, SmartsWorker
+from mvclam.engine.store import PROPERTY_FIELDS, CatalogStorageError, reading
 from mvclam.engine.views import MoleculeViews, ViewConfig, ViewError, compute_views
 
 log = logging.getLogger("mvclam.serve")
@@ -49,7 +59,8 @@ INTEGER_RANGES: dict[str, tuple[int, int]] = {
 MAX_BODY_BYTES = 64 * 1024
 MAX_REQUEST_ATOMS = 100  # heavy atoms of a client molecule; a nested 151-atom SMILES took 17-56 s
 REQUEST_EMBED_TIMEOUT_S = 5  # per ETKDG attempt for a client molecule (then the 2D fallback)
-MOLECULE_WAIT_S = 30.0  # how long a molecule request waits for a free views slot before a 503
+MOLECULE_WAIT_S = 30.0  # how long a molecule request waits for a free views slot before a 429
+SMARTS_TIMEOUT_S = 2.0  # SMARTS matching per request, waiting for the worker included, before a 408
 Operator = Literal["<", "<=", ">", ">=", "="]
 FilterColumn = Literal[FILTER_COLUMNS]  # type: ignore[valid-type]
 
@@ -184,6 +195,32 @@ def _error_body(message: str) -> bytes:
     return json.dumps({"detail": message}).encode("utf-8", "replace")
 
 
+def _search_refusal(error: SearchError) -> tuple[int, str]:
+    """(status, public message) of a search the searcher refused."""
+    if isinstance(error, SmartsTimeout):
+        return 408, f"{error}: simplify the SMARTS pattern or narrow the search with filters"[:300]
+    if isinstance(error, SmartsTooComplex):
+        return 422, str(error)[:300]  # the searcher's own limits, no internals
+    return 400, _public_message(error)
+
+
+class _RequestSmarts:
+    """The SMARTS matcher of one request: in the worker process, by the request's deadline, and
+    outside the model lock, which the searcher is called under (`run`): other searches go on
+    while RDKit works."""
+
+    def __init__(self, worker: SmartsWorker, lock: threading.Lock, deadline: float):
+        self.worker, self.lock, self.deadline = worker, lock, deadline
+
+    def match(self, smarts: str, smiles: Sequence[str | None], deadline: float | None) -> list[bool]:
+        bound = self.deadline if deadline is None else min(deadline, self.deadline)
+        self.lock.release()
+        try:
+            return self.worker.match(smarts, smiles, bound)
+        finally:
+            self.lock.acquire()
+
+
 def request_view_config(base: ViewConfig, max_atoms: int, embed_timeout_s: int) -> ViewConfig:
     """The model's view config, bounded for molecules sent by clients: at most `max_atoms` atoms
     and `embed_timeout_s` seconds per ETKDG attempt (a catalog job may wait longer, a request not)."""
@@ -256,18 +293,34 @@ def create_app(
     request_embed_timeout_s: int = REQUEST_EMBED_TIMEOUT_S,
     molecule_workers: int = 1,
     molecule_wait_s: float = MOLECULE_WAIT_S,
+    smarts_timeout_s: float = SMARTS_TIMEOUT_S,
 ):
     """The FastAPI application serving `searcher` (one table, one model). `molecule_workers`
-    client molecules have their views computed at a time; others wait up to `molecule_wait_s`."""
+    client molecules have their views computed at a time; others wait up to `molecule_wait_s`.
+    A SMARTS filter gets `smarts_timeout_s` seconds of matching per request."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, Response
 
-    app = FastAPI(title="mvclam search", version="1", description="Text → molecule search with MV-CLAM.")
+    smarts_worker = SmartsWorker(start=False)  # started with the server; lazily without one
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        smarts_worker.start()
+        yield
+        smarts_worker.close()
+
+    app = FastAPI(
+        title="mvclam search",
+        version="1",
+        description="Text → molecule search with MV-CLAM.",
+        lifespan=lifespan,
+    )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     model_lock = threading.Lock()  # model forwards and table scans
     molecule_slots = threading.BoundedSemaphore(molecule_workers)  # RDKit views of client molecules
     view_config = request_view_config(searcher.model.config.views, max_request_atoms, request_embed_timeout_s)
+    retry_after = str(max(1, math.ceil(request_embed_timeout_s)))  # about one client molecule's views
     page = resources.files("mvclam.engine.search").joinpath("web/index.html").read_text(encoding="utf-8")
 
     def error_response(status: int, message: str) -> Response:
@@ -277,23 +330,39 @@ def create_app(
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:
         return error_response(422, _validation_message(list(error.errors())))
 
+    @app.exception_handler(CatalogStorageError)
+    async def storage_error(request: Request, error: CatalogStorageError) -> Response:
+        # The message names the damage and the recovery: for the operator (logged), not the client.
+        log.error("catalog table cannot be read: %s", error)
+        return error_response(503, "storage error: the catalog table cannot be read")
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> Response:
         # Starlette re-raises after this response, so the server logs the traceback.
         return error_response(500, "internal error")
 
-    def run(call: Callable[[], list[SearchHit]], started: float) -> tuple[list[SearchHit], float]:
+    def run(
+        call: Callable[[_RequestSmarts], list[SearchHit]], started: float
+    ) -> tuple[list[SearchHit], float]:
+        """`call(smarts matcher)` under the model lock; the matcher releases it while matching."""
+        smarts = _RequestSmarts(smarts_worker, model_lock, time.monotonic() + smarts_timeout_s)
         try:
             with model_lock:
-                hits = call()
+                hits = call(smarts)
         except SearchError as error:
             log.warning("search refused: %s", error)  # the full text quotes internals: logged only
-            raise HTTPException(status_code=400, detail=_public_message(error)) from None
+            status, message = _search_refusal(error)
+            raise HTTPException(status_code=status, detail=message) from None
         return hits, time.perf_counter() - started
 
     def molecule_views(smiles: str) -> MoleculeViews:
         if not molecule_slots.acquire(timeout=molecule_wait_s):
-            raise HTTPException(status_code=503, detail="busy with other molecules: retry later")
+            # 429: the client's signal to back off; a 5xx would say the server is broken.
+            raise HTTPException(
+                status_code=429,
+                detail="busy with other molecules: retry later",
+                headers={"Retry-After": retry_after},
+            )
         try:
             return compute_views(smiles, view_config)
         except ViewError as error:
@@ -310,10 +379,12 @@ def create_app(
 
     @app.get("/health")
     def health() -> dict[str, Any]:
+        with reading(searcher.table.uri):  # a damaged table: 503, not a 500
+            rows = searcher.table.count_rows()
         return {
             "status": "ok",
             "table": searcher.table.name,
-            "rows": searcher.table.count_rows(),
+            "rows": rows,
             "model_version": searcher.model.model_version,
             "index": searcher.has_index(),
             # Where exact search holds the tokens (null: index or streamed scan).
@@ -323,12 +394,13 @@ def create_app(
     @app.post("/api/search", response_model=SearchResponse)
     def search(request: SearchRequest) -> SearchResponse:
         hits, seconds = run(
-            lambda: searcher.search_text(
+            lambda smarts_matcher: searcher.search_text(
                 request.query,
                 k=request.k,
                 where=_where(request.filters),
                 smarts=request.smarts,
                 rerank=request.rerank,
+                smarts_matcher=smarts_matcher,
             ),
             time.perf_counter(),
         )
@@ -340,8 +412,10 @@ def create_app(
         views = molecule_views(request.smiles)  # outside the model lock
         where = _where(request.filters)
 
-        def call() -> list[SearchHit]:
-            return searcher.search_molecule_views(views, request.k, request.by, where, request.smarts)
+        def call(smarts_matcher: _RequestSmarts) -> list[SearchHit]:
+            return searcher.search_molecule_views(
+                views, request.k, request.by, where, request.smarts, smarts_matcher=smarts_matcher
+            )
 
         hits, seconds = run(call, started)
         return SearchResponse(results=_hits(hits, request.depict), seconds=seconds)
@@ -360,6 +434,7 @@ def serve(
     request_embed_timeout_s: int = REQUEST_EMBED_TIMEOUT_S,
     molecule_workers: int = 1,
     molecule_wait_s: float = MOLECULE_WAIT_S,
+    smarts_timeout_s: float = SMARTS_TIMEOUT_S,
     **searcher_options: Any,
 ) -> None:
     """Serve the API and web page; ``searcher_options`` go to CatalogSearcher (e.g. nprobes)."""
@@ -373,5 +448,6 @@ def serve(
         request_embed_timeout_s=request_embed_timeout_s,
         molecule_workers=molecule_workers,
         molecule_wait_s=molecule_wait_s,
+        smarts_timeout_s=smarts_timeout_s,
     )
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -199,6 +199,23 @@ def test_references_without_soft_prompt_need_no_molecule_encoder(mvclam, views, 
         CaptionerConfig.for_model(mvclam, soft_prompt=False)
 
 
+def test_prompt_ablation_only_removes_trained_parts(mvclam):
+    from mvclam.jobs.evaluate import ablated_prompt
+
+    config = CaptionerConfig.for_model(mvclam, smiles_chars=64, references=2)
+    ablated = ablated_prompt(config, ["soft_prompt=false", "references=0"])
+    assert (ablated.soft_prompt, ablated.references, ablated.smiles_chars) == (False, 0, 64)
+    assert (config.soft_prompt, config.references) == (True, 2)  # the loaded config is kept
+    for bad, message in [
+        (["references=3"], "exceeds the trained prompt"),
+        (["soft_prompt=no"], "true or false"),
+        (["lora_r=4"], "KEY one of"),
+        (["soft_prompt=false", "references=0", "smiles_chars=0"], "soft prompt, the SMILES or references"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            ablated_prompt(config, bad)
+
+
 def test_captions_record_their_references_and_never_cite_themselves(rag_captioner, mvclam, views, references):
     with pytest.raises(ValueError, match="ReferenceSet"):
         Captioner(mvclam, rag_captioner)

@@ -155,6 +155,7 @@ def test_store_keyed_writes_versions_and_one_table_per_id(tmp_path):
     err = store.errors.to_lance().to_table(columns=["id", "model_version"]).to_pylist()
     assert sorted((r["id"], r["model_version"]) for r in emb) == [("b", "v1"), ("c", "v2")]
     assert err == [{"id": "a", "model_version": "v2"}]
+    store.close()  # the writer lock: a second store is refused while this one is open
     with pytest.raises(ValueError, match="another schema"):
         CatalogStore.open(tmp_path, "mols", embeddings_schema(8))
 

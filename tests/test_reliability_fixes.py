@@ -30,7 +30,10 @@ from mvclam.engine.store import ERRORS_SCHEMA, PROPERTY_FIELDS, CatalogStore, em
 def read_stream(path: Path, **kwargs: Any) -> list[dict[str, Any]]:
     """Rows of a catalog file read as the job reads it (Arrow decompresses a .gz on the fly)."""
     compression = "gzip" if path.name.endswith(".gz") else None
-    stream = pafs.LocalFileSystem().open_input_stream(str(path), compression=compression)
+    if path.suffix == ".parquet":  # random access, as the job's datasource opens Parquet
+        stream = pafs.LocalFileSystem().open_input_file(str(path))
+    else:
+        stream = pafs.LocalFileSystem().open_input_stream(str(path), compression=compression)
     blocks = list(read_catalog_file(stream, str(path), **kwargs))
     return pa.concat_tables(blocks).to_pylist() if blocks else []
 
@@ -164,7 +167,8 @@ def test_caption_input_with_invalid_utf8_gives_a_row_error(tmp_path):
     write_rows(out, rows, results)
     table = [line.split("\t") for line in out.getvalue().splitlines()]
     assert table[2][:3] == ["2", "", ""] and "UTF-8" in table[2][3]
-    assert table[1] == ["ethanol", "CCO", "about CCO", ""] and table[3][2] == "about c1ccccc1"
+    # The last column is the JSON list of cited references: none for a captioner without a set.
+    assert table[1] == ["ethanol", "CCO", "about CCO", "", "[]"] and table[3][2] == "about c1ccccc1"
 
 
 # --- embed job: writer and end to end --------------------------------------------------------------
@@ -558,3 +562,321 @@ def test_open_catalog_table_names_a_missing_table_and_keeps_other_errors(tmp_pat
     assert open_catalog_table(tmp_path / "db", "t11").count_rows() == 1
     with pytest.raises(CatalogTableNotFound, match=r"no table 'absent'.*t11"):
         open_catalog_table(tmp_path / "db", "absent")
+
+
+# --- issue 21: the bugs the reliability suite found (docs/reliability.md, "Bugs found") ----------
+# Fast versions of the suite's regression tests that need a whole campaign (tests/test_reliability_suite.py).
+
+
+def test_garbage_after_a_smiles_is_a_parse_error_and_cxsmiles_still_parses():
+    from mvclam.engine.views import ViewError, ViewErrorCode, compute_views
+
+    for smiles in ("CCO\ufffd", "CCOü", "C" + "é" * 30, "CCO\x01", "CCO junk", "CCO\xa0x", "CCO |$A$| x"):
+        with pytest.raises(ViewError) as caught:
+            compute_views(smiles)
+        assert caught.value.code == ViewErrorCode.PARSE_ERROR and "position" in caught.value.reason, smiles
+    assert compute_views("C[C@H](O)CC |&1:1|").canonical_smiles == "CC[C@H](C)O"
+    assert compute_views("  CCO\t|$A;B;C$|\n").canonical_smiles == "CCO"
+
+
+def test_rdkit_log_cut_inside_a_utf8_character_still_gives_a_parse_error():
+    from mvclam.engine.views import ViewErrorCode
+    from mvclam.engine.views.standardize import _explain_parse_failure
+
+    # RDKit echoes the input cut at a byte count: reading its log raised UnicodeDecodeError.
+    error = _explain_parse_failure("C(" + "é" * 200)
+    assert error.code == ViewErrorCode.PARSE_ERROR
+
+
+def test_damaged_or_wrongly_typed_parquet_gives_rows_or_names_the_file(tmp_path):
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"id": ["a", "b"], "smiles": pa.array([b"CCO", b"\xff\xfe"], pa.binary())}),
+        tmp_path / "binary.parquet",
+    )
+    rows = read_stream(tmp_path / "binary.parquet")
+    assert [(r["id"], r["input"]) for r in rows] == [("a", "CCO"), ("b", "\ufffd\ufffd")]
+    for name, table, column in (
+        ("list.parquet", pa.table({"id": ["a"], "smiles": [["CCO"]]}), "smiles"),
+        ("struct.parquet", pa.table({"id": [{"x": 1}], "smiles": ["CCO"]}), "id"),
+    ):
+        pq.write_table(table, tmp_path / name)
+        with pytest.raises(ValueError, match=rf"{name}: column '{column}' is .*expected strings"):
+            read_stream(tmp_path / name)
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "smiles": ["CCO", "CCN"]}), good)
+    (tmp_path / "cut.parquet").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "fake.parquet").write_bytes(b"id,smiles\na,CCO\n")
+    for name in ("cut.parquet", "fake.parquet"):
+        (row,) = read_stream(tmp_path / name)
+        assert row["id"] == f"{name}:1:unreadable" and row["input"] is None and "Parquet" in row["read_error"]
+
+
+def test_byte_order_mark_is_dropped_in_every_text_format(tmp_path):
+    (tmp_path / "bom.smi").write_bytes("\ufeffCCO ethanol\n".encode())
+    (tmp_path / "bom.tsv").write_bytes("\ufeffsmiles\tid\nCCO\tm1\n".encode())
+    assert [(r["input"], r["id"]) for r in read_stream(tmp_path / "bom.smi")] == [("CCO", "ethanol")]
+    assert [(r["input"], r["id"]) for r in read_stream(tmp_path / "bom.tsv")] == [("CCO", "m1")]
+
+
+def test_encoder_stores_the_same_tokens_whatever_else_is_in_the_batch(tmp_path, checkpoint):
+    """What a resume does: the rows done before a kill are skipped, so the others are encoded in
+    batches of other molecules (here without the largest ones: another padding length)."""
+    import numpy as np
+    from rdkit import Chem
+
+    from mvclam.jobs.embed import EmbedJob, _prepare_model, _view_config
+    from mvclam.jobs.embed_stages import EncoderActor, compute_view_rows
+
+    rows = sample_rows(16)
+    source = write_csv(tmp_path / "c.csv", rows)
+    job = EmbedJob(inputs=[str(source)], db=str(tmp_path / "db"), model=str(checkpoint), progress=False)
+    blob, *_ = _prepare_model(job, tmp_path)
+    with open(source, "rb") as handle:
+        (block,) = read_catalog_file(handle, str(source), rows_per_block=64)
+    staged = compute_view_rows(block, None, _view_config(job))
+    encoder = EncoderActor(blob, batch_size=16)
+    atoms = [Chem.MolFromSmiles(s).GetNumAtoms() for _, s in rows]
+    keep = sorted(sorted(range(16), key=lambda i: atoms[i])[:12])
+
+    def tokens(table: pa.Table) -> np.ndarray:
+        return np.stack([np.stack(r) for r in table["tokens"].to_numpy(zero_copy_only=False)])
+
+    clean = tokens(encoder(staged))
+    resumed = tokens(encoder(staged.take(pa.array(keep))))
+    np.testing.assert_array_equal(resumed, clean[keep])
+    alone = tokens(encoder(staged.take(pa.array([keep[0]]))))  # a row retried on its own
+    np.testing.assert_array_equal(alone[0], clean[keep[0]])
+
+
+def test_one_writer_per_table_and_readers_need_no_lock(tmp_path):
+    import subprocess
+    import sys
+
+    from mvclam.engine.store import CatalogTableLocked, ensure_caption_columns, open_catalog_table
+
+    db, schema = tmp_path / "db", embeddings_schema(4)
+    first = CatalogStore.open(db, "t", schema)
+    with pytest.raises(CatalogTableLocked, match=r"table 't' in .* is being written by another job"):
+        CatalogStore.open(db, "t", schema)
+    CatalogStore.open(db, "u", schema).close()  # another table has its own lock
+    ensure_caption_columns(open_catalog_table(db, "t"))  # readers and `mvclam caption` take none
+    assert open_catalog_table(db, "t").count_rows() == 0
+    first.close()
+    with CatalogStore.open(db, "t", schema):  # released by close
+        pass
+
+    holder = (
+        "import sys; from mvclam.engine.store import CatalogStore, embeddings_schema; "
+        f"s = CatalogStore.open({str(db)!r}, 't', embeddings_schema(4)); print('held', flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(CatalogTableLocked, match=r"pid \d+"):  # another process: the holder is named
+            CatalogStore.open(db, "t", schema)
+    finally:
+        child.kill()  # a killed job leaves no stale lock: the OS drops it with the process
+        child.wait(30)
+    CatalogStore.open(db, "t", schema).close()
+
+
+def test_pipeline_cpus_fit_a_one_cpu_ray():
+    from mvclam.jobs.embed import EmbedJob, fit_cpus
+
+    job = EmbedJob(inputs=["a.smi"], db="d")
+    assert fit_cpus(job, 1) == (0.5, 0.5)  # an encoder holding the only CPU starved the views tasks
+    assert fit_cpus(job, 2) == fit_cpus(job, 16) == (1.0, 1.0)
+    encoder_cpus, views_cpus = fit_cpus(EmbedJob(inputs=["a.smi"], db="d", encoders=2), 2)
+    assert 2 * encoder_cpus + views_cpus == pytest.approx(2) and encoder_cpus == views_cpus
+
+
+def _catalog_copy(searcher: Any, tmp_path: Path) -> tuple[Path, int]:
+    """A copy of the searcher's catalog with one more version (3 more rows): (db, the version before)."""
+    import shutil
+
+    import lance
+
+    db = tmp_path / "db"
+    shutil.copytree(Path(searcher.table.uri).parent, db)
+    table = lancedb.connect(str(db)).open_table("molecules")
+    extra = table.to_arrow().slice(0, 3)
+    table.add(extra.set_column(extra.schema.get_field_index("id"), "id", pa.array(["x1", "x2", "x3"])))
+    versions = sorted(v["version"] for v in lance.dataset(str(db / "molecules.lance")).versions())
+    return db, versions[-2]
+
+
+def _damage(db: Path, mode: str, previous: int) -> None:
+    """Cuts the data file the latest version added in half, or overwrites its manifest."""
+    import os
+
+    import lance
+
+    uri = str(db / "molecules.lance")
+    if mode == "data":
+        old = {f.data_files()[0].path for f in lance.dataset(uri, version=previous).get_fragments()}
+        (new,) = [
+            f.data_files()[0].path
+            for f in lance.dataset(uri).get_fragments()
+            if f.data_files()[0].path not in old
+        ]
+        target = Path(uri) / "data" / new
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    else:
+        target = min((Path(uri) / "_versions").glob("*.manifest"))  # V2 names: the latest is the smallest
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 32] = os.urandom(32)
+        target.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("mode", ["data", "manifest"])
+def test_damaged_table_errors_name_the_table_and_how_to_restore(tmp_path, searcher, mode):
+    from mvclam.engine.search import CatalogSearcher
+    from mvclam.engine.store import CatalogTableDamaged
+
+    db, previous = _catalog_copy(searcher, tmp_path)
+    _damage(db, mode, previous)
+    schema = searcher.table.schema
+    messages = []
+    if mode == "data":  # the table opens; reading it fails
+        store = CatalogStore.open(db, "molecules", schema)
+        with pytest.raises(CatalogTableDamaged) as caught:
+            store.reconcile(searcher.model.model_version)
+        store.close()
+        assert f"restore({previous})" in str(caught.value) and "data file" in str(caught.value)
+    else:
+        with pytest.raises(CatalogTableDamaged) as caught:
+            CatalogStore.open(db, "molecules", schema)
+        assert "manifest" in str(caught.value) and "molecules.lance/_versions/" in str(caught.value)
+    messages.append(str(caught.value))
+    with pytest.raises(CatalogTableDamaged) as caught:
+        CatalogSearcher(db, "molecules", model=searcher.model)
+    messages.append(str(caught.value))
+    for message in messages:
+        assert message.startswith("table 'molecules' (database 'db') is damaged"), message
+        assert ".rs:" not in message and str(tmp_path) not in message and "LanceError" not in message
+
+
+def test_storage_fault_is_a_503_and_a_bad_filter_still_a_400(tmp_path, searcher):
+    from mvclam.engine.search import CatalogSearcher, SearchError
+    from mvclam.engine.store import CatalogStorageError
+    from mvclam.jobs.serve import create_app
+
+    db, previous = _catalog_copy(searcher, tmp_path)
+    live = CatalogSearcher(db, "molecules", model=searcher.model, refresh_seconds=0)  # a running service
+    assert len(live.search_text("an acid", k=3)) == 3
+    _damage(db, "data", previous)
+    for where in (None, "mw < 400"):  # a storage fault, with or without the client's filter
+        with pytest.raises(CatalogStorageError, match="damaged"):
+            live.search_text("an acid", k=3, where=where)
+    with pytest.raises(SearchError, match="invalid filter"):
+        live.search_text("an acid", k=3, where="no_such_column < 3")
+    with running_server(create_app(live), log_level="critical") as port:
+        assert post(port, "/api/search", {"query": "an acid", "k": 3}) == (
+            503,
+            {"detail": "storage error: the catalog table cannot be read"},
+        )
+
+
+def test_busy_molecule_slots_answer_429_with_retry_after(searcher, monkeypatch):
+    from mvclam.engine.views import molecule_views
+    from mvclam.jobs.serve import create_app
+
+    entered, release = threading.Event(), threading.Event()
+    original = molecule_views._compute_views
+
+    def slow(mol: Any, config: Any) -> Any:
+        if mol == SLOW_SMILES:
+            entered.set()
+            release.wait(60)
+        return original(mol, config)
+
+    monkeypatch.setattr(molecule_views, "_compute_views", slow)
+    with running_server(create_app(searcher, molecule_wait_s=0.2), log_level="critical") as port:
+        held = threading.Thread(target=post, args=(port, "/api/similar", {"smiles": SLOW_SMILES, "k": 2}))
+        held.start()
+        try:
+            assert entered.wait(30)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            body = json.dumps({"smiles": "CCO", "k": 2})
+            connection.request(
+                "POST", "/api/similar", body=body, headers={"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            assert response.status == 429 and response.getheader("Retry-After", "").isdigit()
+            assert "busy" in json.loads(response.read())["detail"]
+            connection.close()
+        finally:
+            release.set()
+            held.join(60)
+
+
+SHEET = (  # a 70-atom polycyclic aromatic sheet (benchmarks/reliability/rel_http.py hex_sheet_smiles)
+    "c1cc2cc3cc4cc5ccc6ccc7c8ccc9ccc%10cc%11cc%12cc%13cccc%14c%15ccc%16c(c1)c2c1c3c2c4c3c5c6c7c4c5c8c9"
+    "c%10c6c%11c7c%12c(c%13%14)c8c%15c%16c1c1c2c(c34)c(c65)c7c81"
+)
+
+
+def chain_smarts(atoms: int) -> str:
+    """`*~*~…~[U]`: matches nothing, after enumerating the sheet's paths (seconds from ~24 atoms)."""
+    return "*" + "~*" * (atoms - 2) + "~[U]"
+
+
+def test_smarts_over_the_limits_is_refused_before_matching(server):
+    from mvclam.engine.search.smarts import MAX_SMARTS_ATOMS, SmartsTooComplex, compile_smarts
+
+    assert compile_smarts(chain_smarts(MAX_SMARTS_ATOMS)) is not None
+    with pytest.raises(SmartsTooComplex, match="atoms"):
+        compile_smarts(chain_smarts(MAX_SMARTS_ATOMS + 1))
+    with pytest.raises(SmartsTooComplex, match="nested 4 deep"):
+        compile_smarts("[$([$([$([$(C)])])])]")
+    status, error = post(
+        server, "/api/search", {"query": "an acid", "smarts": chain_smarts(MAX_SMARTS_ATOMS + 1)}
+    )
+    assert status == 422 and error["detail"].startswith("SMARTS too complex")
+
+
+def test_a_stuck_smarts_match_is_killed_at_its_deadline():
+    from mvclam.engine.search.smarts import SmartsTimeout, SmartsWorker
+
+    worker = SmartsWorker()
+    try:
+        started = time.monotonic()
+        with pytest.raises(SmartsTimeout):  # one RDKit call of seconds to minutes
+            worker.match(chain_smarts(28), [SHEET], started + 0.5)
+        assert time.monotonic() - started < 3
+        # A fresh worker answers the next request.
+        assert worker.match("C(=O)O", ["CC(=O)O", "CCO", None], time.monotonic() + 30) == [True, False, False]
+    finally:
+        worker.close()
+
+
+def test_smarts_matching_leaves_the_model_lock_and_times_out_as_408(searcher, monkeypatch):
+    from mvclam.engine.search.smarts import SmartsTimeout, SmartsWorker
+    from mvclam.jobs.serve import create_app
+
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(self: Any, smarts: str, smiles: Any, deadline: float | None) -> list[bool]:
+        entered.set()
+        release.wait(60)
+        raise SmartsTimeout("SMARTS matching took longer than 2.0 s")
+
+    monkeypatch.setattr(SmartsWorker, "match", stuck)
+    outcome: dict[str, Any] = {}
+    with running_server(create_app(searcher), log_level="critical") as port:
+        body = {"query": "an acid", "k": 2, "smarts": "C(=O)O"}
+        thread = threading.Thread(target=lambda: outcome.update(smarts=post(port, "/api/search", body)))
+        thread.start()
+        try:
+            assert entered.wait(30)
+            status, _ = post(port, "/api/search", {"query": "an acid", "k": 2}, timeout=15)
+            assert status == 200 and thread.is_alive()  # answered while the SMARTS is being matched
+        finally:
+            release.set()
+            thread.join(60)
+    status, error = outcome["smarts"]
+    assert status == 408 and error["detail"].startswith("SMARTS matching took longer than")

@@ -3,9 +3,9 @@
 The scripts in benchmarks/reliability/ run the full campaign (`campaign.py --scale full`); these
 tests run the same code at `campaign.SCALES["ci"]` with the tests' tiny random model and assert
 the figures: 0 crashes, 0 rows lost, 0 duplicates after a re-run, 0 5xx, short JSON errors, rows
-kept across kills and faults. Bugs the suite found are `xfail(strict=True)` regression tests at
-the end of each section: each turns into a failure (XPASS) once its bug is fixed, so the marker
-goes with the fix.
+kept across kills and faults. Bugs the suite found are regression tests at the end of each
+section (docs/reliability.md, "Bugs found"); they were `xfail(strict=True)` until their fixes, and
+the fast ones of tests/test_reliability_fixes.py pin each fix without a whole campaign.
 """
 
 from __future__ import annotations
@@ -165,11 +165,6 @@ def test_broken_files_give_rows_or_a_refusal_that_names_the_file(hostile):
     assert refusal["outcome"] == "refused" and refusal["names_file"] and refusal["tables_left"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: RDKit parses the valid prefix of 'CCO<garbage>' (engine/views/standardize.py)",
-)
 def test_garbage_after_a_valid_smiles_is_not_embedded(hostile):
     from mvclam.engine.views import ViewError, compute_views
 
@@ -177,15 +172,10 @@ def test_garbage_after_a_valid_smiles_is_not_embedded(hostile):
     for smiles in ("CCO\ufffd", "CCOü", "C" + "é" * 30, "CCO\x01", "CCO junk", "CCO\xa0x"):
         with contextlib.suppress(ViewError):
             embedded[smiles] = compute_views(smiles).canonical_smiles
-    assert embedded == {}, embedded  # today: each is embedded as its prefix (CCO, C)
+    assert embedded == {}, embedded  # before the fix: each was embedded as its prefix (CCO, C)
     assert hostile["manifest"]["garbage_embedded"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: RDKit's cut error log raises UnicodeDecodeError (engine/views/standardize.py)",
-)
 def test_an_unparsable_non_ascii_smiles_is_a_parse_error(hostile):
     from mvclam.engine.views import ViewError, ViewErrorCode, compute_views
 
@@ -194,17 +184,12 @@ def test_an_unparsable_non_ascii_smiles_is_a_parse_error(hostile):
         outcome = "embedded"
     except ViewError as error:
         outcome = error.code
-    except Exception as error:  # today: UnicodeDecodeError out of RDKit's captured log
+    except Exception as error:  # before the fix: UnicodeDecodeError out of RDKit's log
         outcome = type(error).__name__
     assert outcome == ViewErrorCode.PARSE_ERROR, outcome
     assert "unexpected" not in hostile["tables"]["error_codes"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: Parquet type/damage errors do not name the file (engine/io/catalog.py)",
-)
 def test_parquet_files_with_a_wrong_schema_or_damage_name_the_file(hostile):
     for name in (
         "binary_smiles.parquet",
@@ -217,11 +202,6 @@ def test_parquet_files_with_a_wrong_schema_or_damage_name_the_file(hostile):
         assert outcome["outcome"] == "rows" or outcome["names_file"], (name, outcome)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a UTF-8 byte-order mark hides the first CSV column (engine/io/catalog.py)",
-)
 def test_csv_with_a_byte_order_mark_keeps_its_id_column(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_bytes("\ufeffid,smiles\nmol-1,CCO\n".encode())
@@ -269,21 +249,11 @@ def test_damaged_latest_version_is_detected_and_an_earlier_version_restored(faul
     assert figures["final_rows"] == figures["rows_latest"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a damaged table gives raw Lance errors with Rust paths (engine/store)",
-)
 @pytest.mark.parametrize("mode", ["data", "manifest"])
 def test_damaged_table_errors_name_the_damage_without_internals(faults, mode):
     assert faults[f"damaged_{mode}"]["clear_errors"], faults[f"damaged_{mode}"]["embed"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a storage fault reaches clients as 400 'invalid filter' (engine/search/candidates.py)",
-)
 def test_damaged_data_file_is_not_blamed_on_the_client(faults):
     http = faults["damaged_data"]["http"]
     assert http["status"] >= 500 and http["detail"] != "invalid filter", http
@@ -317,11 +287,6 @@ def test_sigkills_of_embed_and_caption_runs_lose_nothing(crashes):
     assert len(captions["caption_versions"]) == 1 and captions["captions_for_another_molecule"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: tokens depend on the batch a molecule is encoded in (engine/embedder.py)",
-)
 def test_a_resumed_run_stores_the_clean_runs_tokens_bit_for_bit(tmp_path, model, local_ray):
     """A kill leaves some rows done; the resume encodes the others in other batches (the done ones
     are skipped). Here the done rows are each block's largest molecule, so padding changes."""
@@ -351,11 +316,6 @@ def test_a_resumed_run_stores_the_clean_runs_tokens_bit_for_bit(tmp_path, model,
     np.testing.assert_array_equal(tokens(tmp_path / "resumed"), tokens(tmp_path / "clean"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a 1-CPU local Ray deadlocks (encoder actor + views task need 2 CPUs)",
-)
 def test_embed_on_one_cpu_finishes_or_refuses(tmp_path, model):
     catalog = write_csv(tmp_path / "c.csv", sample_rows(4))
     args = rel_common.embed_args([catalog], tmp_path / "db", model, extra=["--num-cpus", "1"])
@@ -415,11 +375,6 @@ def test_embed_appends_to_a_table_that_has_captions(tmp_path, model, local_ray):
     assert rows == 6, rows
 
 
-@pytest.mark.xfail(
-    strict=False,  # a race: the second job may by chance start after the first committed
-    raises=AssertionError,
-    reason="bug: two embed jobs on one table both insert an id (no writer lock)",
-)
 def test_two_embed_jobs_on_one_table_are_exact_or_the_second_is_refused(tmp_path, model, local_ray):
     """Two runs at once, interleaved as they are when they overlap: both open the table and read
     which ids are done, then each merge-inserts the same new ids. The merge of the second does not
@@ -471,20 +426,10 @@ def test_http_load_has_no_5xx_and_hostile_requests_get_short_json_4xx(http):
     assert http["server_up"] and http["server_log_tracebacks"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a busy server answers molecule requests 503, a 5xx (jobs/serve.py)",
-)
 def test_slow_concurrent_molecule_requests_get_a_4xx_not_a_5xx(http):
     assert http["slow_molecules"]["5xx"] == 0, http["slow_molecules"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: SMARTS matching has no time bound and holds the model lock (engine/search)",
-)
 def test_a_pathological_smarts_is_answered_in_bounded_time(root, model, http):
     """Last: the server it starts may stay busy for minutes (it is killed at the end)."""
     server = rel_http.Server(root / "http", root / "http" / "db", model)

@@ -67,7 +67,11 @@ def readers_during_writes(
     max_new_tokens: int = 4,
     caption_rows: int | None = None,
     model_b: str | None = None,
+    reader_pause_s: float = 0.05,
+    index_pause_s: float = 1.0,
 ) -> dict[str, Any]:
+    """`reader_pause_s` between a reader's queries and `index_pause_s` between index builds: on
+    a small machine the readers and index builds otherwise take the CPU the writers need."""
     from rel_common import ray_session
 
     from mvclam.engine.search import CatalogSearcher
@@ -123,7 +127,7 @@ def readers_during_writes(
                     note("api", "duplicate_hits", "a result listed one id twice")
             except Exception as error:
                 note("api", "errors", f"{type(error).__name__}: {error}")
-            stop.wait(0.05)  # a steady stream, not a busy loop (the writers share the CPUs)
+            stop.wait(reader_pause_s)  # a steady stream, not a busy loop (the writers share the CPUs)
 
     def http_reader(index_: int) -> None:
         rng = random.Random(100 + index_)
@@ -153,7 +157,7 @@ def readers_during_writes(
                 note(name, "mixed_versions", "a result of model B's rows")
             if len(set(ids)) != len(ids):
                 note(name, "duplicate_hits", "a result listed one id twice")
-            stop.wait(0.05)
+            stop.wait(reader_pause_s)
 
     writers: dict[str, Any] = {}
     writers_done = threading.Event()
@@ -198,7 +202,7 @@ def readers_during_writes(
             rc = _wait(child)
             report = child.json_output() or {}
             runs.append({"rc": rc, "action": report.get("action"), "error": _error_line(child) if rc else ""})
-            time.sleep(1)
+            time.sleep(index_pause_s)
         writers["index"] = runs
 
     readers = [threading.Thread(target=api_reader)]

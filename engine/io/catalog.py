@@ -12,7 +12,13 @@ Damaged content neither aborts the job nor loses rows silently: a CSV/TSV row wi
 module's limit or another parse error, and the line where an unclosed quote starts (the lines after
 it are read again as rows of their own), become rows with a `read_error`; a file that cannot be
 read to its end (truncated or corrupt `.gz`) keeps the rows read before the damage and gets one
-error row `<file name>:<row>:unreadable` for the rest.
+error row `<file name>:<row>:unreadable` for the rest. A Parquet file that is not Parquet, is
+truncated or has a damaged row group is treated alike. A Parquet SMILES or id column of a type that
+is not text (a list, a struct) refuses the file with an error naming it and the column; binary
+values are decoded as UTF-8 with invalid bytes replaced (the views stage rejects such a SMILES).
+
+Text is UTF-8; a leading byte-order mark (Excel's "CSV UTF-8") is dropped, so it cannot hide the
+first header name.
 
 Ids: taken from the id column (`id_column`, else the first of ID_CANDIDATES present), the second
 field of a `.smi` line, or the SDF title line / `id_column` SD property. Rows without one get the
@@ -184,19 +190,21 @@ def read_catalog_file(
         if builder.full:
             yield builder.emit()
     if isinstance(stream, _GuardedStream) and stream.error is not None:
-        row = last_row + 1
-        # Its own id: a later, repaired copy of the file must not find row `row` already done.
-        builder.add(
-            row,
-            None,
-            f"{builder.source}:{row}:unreadable",
-            f"file unreadable from row {row} on (truncated or corrupt?): {stream.error}"[:500],
-        )
+        builder.add(*_unreadable_row(builder.source, last_row + 1, stream.error))
     if builder._rows:
         yield builder.emit()
 
 
 Row = tuple[int, str | None, str | None, str | None]
+
+
+def _unreadable_row(source: str, row: int, error: str) -> Row:
+    """The error row standing for a file's unreadable rest from `row` on. Its own id: a later,
+    repaired copy of the file must not find row `row` already done."""
+    reason = f"file unreadable from row {row} on (truncated or corrupt?): {error}"[:500]
+    return row, None, f"{source}:{row}:unreadable", reason
+
+
 READ_CHUNK = 8192  # bytes per read: a failing read of a compressed stream loses what it decoded
 
 
@@ -227,7 +235,8 @@ class _GuardedStream(io.RawIOBase):
 def _text(f) -> io.TextIOWrapper:
     # newline="\n": split on \n (and so \r\n) only; a lone \r stays inside its line as data.
     raw = io.BufferedReader(f, READ_CHUNK) if isinstance(f, _GuardedStream) else f
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="\n")
+    # utf-8-sig: a byte-order mark at the start is dropped (elsewhere U+FEFF stays data).
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="\n")
 
 
 def _lines(f) -> Iterator[tuple[int, str]]:
@@ -373,16 +382,63 @@ def _delimited_rows(f, path, fmt, smiles_column, id_column) -> Iterator[Row]:
         yield number, smiles, id_value, None
 
 
+def _is_binary(type_: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_fixed_size_binary(type_)
+    )
+
+
+def _check_text_column(schema: pa.Schema, name: str, path: str) -> None:
+    """A ValueError naming the file unless column `name` can be read as strings."""
+    type_ = schema.field(name).type
+    if _is_binary(type_):
+        return
+    try:
+        pa.array([], type_).cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a list, a struct, ...
+        raise ValueError(f"{path}: column {name!r} is {type_}, expected strings (or numbers)") from None
+
+
+def _strings(column: pa.Array, name: str, path: str) -> list[str | None]:
+    """A Parquet column as strings: binary decoded as UTF-8 with invalid bytes replaced (the
+    views stage rejects the replacement character as a parse error), other types cast."""
+    if _is_binary(column.type):
+        return [None if v is None else v.decode("utf-8", "replace") for v in column.to_pylist()]
+    try:
+        return column.cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise ValueError(
+            f"{path}: column {name!r} ({column.type}) cannot be read as strings: {error}"
+        ) from None
+
+
 def _parquet_rows(f, path, fmt, smiles_column, id_column) -> Iterator[Row]:
-    parquet = pq.ParquetFile(f)
+    source = PurePosixPath(path).name
+    if source.lower().endswith(".gz"):
+        raise ValueError(f"{path}: gzipped Parquet is not supported (Parquet compresses its own pages)")
+    try:
+        parquet = pq.ParquetFile(f)
+    except (pa.ArrowException, OSError) as error:  # not Parquet, or the footer was cut off
+        yield _unreadable_row(source, 1, f"not a readable Parquet file: {error}")
+        return
     names = parquet.schema_arrow.names
     smiles_name = _pick(names, smiles_column, SMILES_CANDIDATES, "SMILES", path)
     id_name = _pick(names, id_column, ID_CANDIDATES, "id", path)
     columns = [smiles_name] if id_name is None else [smiles_name, id_name]
+    for name in columns:
+        _check_text_column(parquet.schema_arrow, name, path)
     number = 0
-    for batch in parquet.iter_batches(batch_size=4096, columns=columns):
-        smiles = batch.column(smiles_name).cast(pa.string()).to_pylist()
-        ids = batch.column(id_name).cast(pa.string()).to_pylist() if id_name else [None] * len(smiles)
+    batches = parquet.iter_batches(batch_size=4096, columns=columns)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as error:  # a damaged row group: keep the rows before it
+            yield _unreadable_row(source, number + 1, f"{type(error).__name__}: {error}")
+            return
+        if batch is None:
+            return
+        smiles = _strings(batch.column(smiles_name), smiles_name, path)
+        ids = _strings(batch.column(id_name), id_name, path) if id_name else [None] * len(smiles)
         for s, i in zip(smiles, ids, strict=True):
             number += 1
             yield number, s, i, None

@@ -15,13 +15,16 @@ columns.
   in place of the index.
 
 A SQL predicate `where` on stored columns is evaluated by Lance (prefilter, or a row mask for the
-resident copy); a bad one raises :class:`SearchError`.
+resident copy); a bad one raises :class:`SearchError`. A table that cannot be read (a damaged or
+missing file, an IO error) raises `CatalogTableDamaged` or `CatalogStorageError` instead, even with
+a filter: a storage fault is never reported as the caller's mistake.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -37,6 +40,8 @@ from mvclam.engine.search.scoring import (
     token_set_similarity,
     tokens_from_arrow,
 )
+from mvclam.engine.store import CatalogStorageError, storage_detail
+from mvclam.engine.store.errors import damaged_table_error, is_damage
 from mvclam.kernels import maxsim_topk
 
 if TYPE_CHECKING:
@@ -87,10 +92,33 @@ class CatalogScope:
             return {}
         from mvclam.engine.store.lance_store import sql_in_list
 
-        table = self.table.to_lance().to_table(
-            columns=list(columns), filter=f"({sql_in_list(list(ids))}) AND ({self.version_filter})"
-        )
+        with lance_reads(self, None):
+            table = self.table.to_lance().to_table(
+                columns=list(columns), filter=f"({sql_in_list(list(ids))}) AND ({self.version_filter})"
+            )
         return {row["id"]: row for row in table.to_pylist()}
+
+
+def read_error(error: Exception, where: str | None, uri: str) -> Exception:
+    """What a Lance error raised while reading candidates is: a bad filter `where` (SearchError),
+    only when there is one and the error is Lance's user-input error; otherwise a storage fault
+    (CatalogTableDamaged when a file is damaged, else CatalogStorageError)."""
+    if is_damage(error):
+        return damaged_table_error(uri, error)
+    if where and not isinstance(error, OSError) and "Invalid user input" in str(error):
+        return SearchError(f"invalid filter {where!r}: {error}")
+    return CatalogStorageError(f"the catalog table cannot be read: {storage_detail(error)}")
+
+
+@contextmanager
+def lance_reads(scope: CatalogScope, where: str | None) -> Iterator[None]:
+    """Classifies the Lance errors of the reads inside (`read_error`); search errors pass."""
+    try:
+        yield
+    except (SearchError, CatalogStorageError):
+        raise
+    except (OSError, ValueError, RuntimeError) as error:
+        raise read_error(error, where, scope.table.uri) from error
 
 
 def _no_candidates() -> Candidates:
@@ -105,28 +133,29 @@ class ScanCandidates:
     scope: CatalogScope
     vector_column: str = TOKEN_COLUMN
 
-    def candidates(self, query: torch.Tensor, limit: int, where: str | None) -> Candidates:
-        dataset = self.scope.table.to_lance()
-        try:
-            scanner = dataset.scanner(
+    def _batches(self, where: str | None) -> Iterator[pa.RecordBatch]:
+        # Only Lance's own reads are classified (a generator sees no error of its consumer).
+        with lance_reads(self.scope, where):
+            scanner = self.scope.table.to_lance().scanner(
                 columns=["id", self.vector_column], filter=self.scope.where(where), batch_size=8192
             )
-            top_scores = torch.empty(0)
-            top_best = torch.empty(0, dtype=torch.long)
-            top_ids: list[str] = []
-            for batch in scanner.to_batches():
-                if batch.num_rows == 0:
-                    continue
-                ids = batch.column("id").to_pylist()
-                scores, index, best = self._batch_top(query, batch.column(self.vector_column), limit)
-                merged_scores = torch.cat([top_scores, scores.float()])
-                merged_best = torch.cat([top_best, best])
-                merged_ids = top_ids + [ids[i] for i in index.tolist()]
-                order = torch.sort(merged_scores, descending=True, stable=True).indices[:limit]
-                top_scores, top_best = merged_scores[order], merged_best[order]
-                top_ids = [merged_ids[i] for i in order.tolist()]
-        except (OSError, ValueError) as error:  # Lance reports bad filters as ValueError/OSError
-            raise SearchError(f"invalid filter {where!r}: {error}") from error
+            yield from scanner.to_batches()
+
+    def candidates(self, query: torch.Tensor, limit: int, where: str | None) -> Candidates:
+        top_scores = torch.empty(0)
+        top_best = torch.empty(0, dtype=torch.long)
+        top_ids: list[str] = []
+        for batch in self._batches(where):
+            if batch.num_rows == 0:
+                continue
+            ids = batch.column("id").to_pylist()
+            scores, index, best = self._batch_top(query, batch.column(self.vector_column), limit)
+            merged_scores = torch.cat([top_scores, scores.float()])
+            merged_best = torch.cat([top_best, best])
+            merged_ids = top_ids + [ids[i] for i in index.tolist()]
+            order = torch.sort(merged_scores, descending=True, stable=True).indices[:limit]
+            top_scores, top_best = merged_scores[order], merged_best[order]
+            top_ids = [merged_ids[i] for i in order.tolist()]
         return Candidates(top_ids, top_scores, top_best, self.scope.fetch(top_ids, self.scope.result_columns))
 
     def _batch_top(
@@ -166,20 +195,19 @@ class IndexCandidates:
         wanted = limit * self.candidate_factor
         row_ids: dict[int, None] = {}  # ordered set: candidates of all query vectors
         for vector in query if query.ndim == 2 else query[None]:
-            try:
+            with lance_reads(self.scope, where):
                 found = self.ann_query(vector, wanted, where, adaptive=False)
                 if found.num_rows < wanted:
                     # With many near-duplicate tokens k-means leaves empty partitions, and the
                     # ones nearest a text vector can be empty: then probe on until enough rows
                     # are found (slower, so only when the fixed probes came up short).
                     found = self.ann_query(vector, wanted, where, adaptive=True)
-            except (OSError, ValueError, RuntimeError) as error:
-                raise SearchError(f"invalid filter {where!r}: {error}") from error
             row_ids.update(dict.fromkeys(found["_rowid"].to_pylist()))
         if not row_ids:
             return _no_candidates()
         columns = self.scope.result_columns
-        rows = self.scope.table.take_row_ids(list(row_ids)).select([*columns, TOKEN_COLUMN]).to_arrow()
+        with lance_reads(self.scope, None):
+            rows = self.scope.table.take_row_ids(list(row_ids)).select([*columns, TOKEN_COLUMN]).to_arrow()
         if rows.num_rows < len(row_ids) and retry:
             # The table moved to a new version between the two reads (a compaction re-addresses
             # rows): search again on the new version.
@@ -226,7 +254,8 @@ class ResidentCandidates:
         if self._copy is None or self._copy.version != self.scope.table.version:
             self._copy = None  # free the old copy first: two may not fit on the device
             try:
-                self._copy = ResidentTokens.load(self.scope.table, self.scope.version_filter, self.device)
+                with lance_reads(self.scope, None):
+                    self._copy = ResidentTokens.load(self.scope.table, self.scope.version_filter, self.device)
             except torch.OutOfMemoryError as error:
                 raise SearchError(
                     f"the table's tokens do not fit in {self.device} memory: search without "
@@ -240,22 +269,21 @@ class ResidentCandidates:
         resident = self.tokens()
         allowed = None
         if where:
-            try:
+            with lance_reads(self.scope, where):
                 matching = self.scope.table.to_lance().to_table(
                     columns=[], with_row_id=True, filter=self.scope.where(where)
                 )["_rowid"]
-            except (OSError, ValueError) as error:
-                raise SearchError(f"invalid filter {where!r}: {error}") from error
             allowed = resident.mask(matching.to_numpy())
         row_ids, scores, best = resident.top(query, limit, allowed)
         if len(row_ids) == 0:
             return Candidates([], scores, best, {})
-        rows = (
-            self.scope.table.take_row_ids(row_ids.tolist())
-            .select(self.scope.result_columns)
-            .with_row_id()
-            .to_arrow()
-        )
+        with lance_reads(self.scope, None):
+            rows = (
+                self.scope.table.take_row_ids(row_ids.tolist())
+                .select(self.scope.result_columns)
+                .with_row_id()
+                .to_arrow()
+            )
         if rows.num_rows < len(row_ids) and retry:
             # The table moved to a new version since the copy was read: reload and search again.
             self._copy = None

@@ -13,6 +13,7 @@ versions are never mixed in: their vectors live in another space.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +33,12 @@ from mvclam.engine.search.candidates import (
 from mvclam.engine.search.errors import SearchError
 from mvclam.engine.search.index import TOKEN_COLUMN, token_index
 from mvclam.engine.search.resident import ResidentTokens
-from mvclam.engine.search.smarts import compile_smarts, matches_smarts
+from mvclam.engine.search.smarts import InProcessMatcher, SmartsMatcher, compile_smarts
 from mvclam.engine.store import (
     PROPERTY_COLUMNS,
     CatalogTableNotFound,
     open_catalog_table,
+    reading,
     sql_quote,
 )
 from mvclam.kernels import maxsim
@@ -104,10 +106,14 @@ class CatalogSearcher:
         nprobes: int = DEFAULT_NPROBES,
         refresh_seconds: float = REFRESH_SECONDS,
         resident_device: str | torch.device | None = None,
+        smarts_matcher: SmartsMatcher | None = None,
+        smarts_timeout_s: float | None = None,
     ):
         """`resident_device` (e.g. ``"cuda"``): hold the table's tokens on that device and answer
         token queries by exact MaxSim over all of them, instead of the index or a streamed scan;
-        the copy is loaded at the first query and again whenever the table's version changes."""
+        the copy is loaded at the first query and again whenever the table's version changes.
+        `smarts_matcher` checks a SMARTS filter (default: in this process) within
+        `smarts_timeout_s` seconds per search (None: no bound), else SmartsTimeout."""
         from mvclam.engine.embedder import load_model
 
         try:
@@ -117,7 +123,9 @@ class CatalogSearcher:
         self.model = model if model is not None else load_model(checkpoint)
         self.model.eval()
         self.version_filter = f"model_version = {sql_quote(self.model.model_version)}"
-        if self.table.count_rows(self.version_filter) == 0:
+        with reading(self.table.uri):  # a damaged table: CatalogTableDamaged, with how to restore
+            rows = self.table.count_rows(self.version_filter)
+        if rows == 0:
             versions = self.stored_versions()
             raise SearchError(
                 f"table {table!r} has no rows embedded by this model (version {self.model.model_version}); "
@@ -125,6 +133,8 @@ class CatalogSearcher:
                 "`mvclam embed` with this model"
             )
         self.resident_device = torch.device(resident_device) if resident_device is not None else None
+        self.smarts_matcher: SmartsMatcher = smarts_matcher or InProcessMatcher()
+        self.smarts_timeout_s = smarts_timeout_s
         names = set(self.table.schema.names)
         self.result_columns = [c for c in (*RESULT_COLUMNS, *CAPTION_COLUMNS) if c in names]
         # The candidate strategies over this table's rows of this model version.
@@ -166,7 +176,8 @@ class CatalogSearcher:
         return sorted(set(pc.unique(versions).to_pylist()))
 
     def has_index(self) -> bool:
-        return token_index(self.table) is not None
+        with reading(self.table.uri):  # the first read of a search: a damaged manifest shows here
+            return token_index(self.table) is not None
 
     def _where(self, where: str | None) -> str:
         return self.scope.where(where)
@@ -207,12 +218,14 @@ class CatalogSearcher:
         smarts: str | None,
         exact: bool | None,
         vector_column: str = TOKEN_COLUMN,
+        smarts_matcher: SmartsMatcher | None = None,
     ) -> list[SearchHit]:
         if not 1 <= k <= MAX_K:
             raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
-        pattern = compile_smarts(smarts)
+        pattern = compile_smarts(smarts)  # refused before any work
         candidates = self._candidate_source(vector_column, exact)
         limit = k if pattern is None else 4 * k
+        deadline = None if self.smarts_timeout_s is None else time.monotonic() + self.smarts_timeout_s
         while True:
             ids, scores, best, rows = candidates(query, limit, where)
             hits = [
@@ -221,8 +234,10 @@ class CatalogSearcher:
                 if i in rows
             ]
             exhausted = len(ids) < limit or limit >= MAX_CANDIDATES
-            if pattern is not None:
-                hits = [h for h in hits if matches_smarts(pattern, h.columns.get("canonical_smiles"))]
+            if smarts:  # pattern is not None
+                smiles = [h.columns.get("canonical_smiles") for h in hits]
+                found = (smarts_matcher or self.smarts_matcher).match(smarts, smiles, deadline)
+                hits = [h for h, ok in zip(hits, found, strict=True) if ok]
             if len(hits) >= k or exhausted:
                 return hits[:k]
             limit = min(MAX_CANDIDATES, limit * 4)
@@ -237,10 +252,13 @@ class CatalogSearcher:
         exact: bool | None = None,
         rerank: bool = False,
         rerank_candidates: int = 20,
+        smarts_matcher: SmartsMatcher | None = None,
     ) -> list[SearchHit]:
-        """Molecules best described by `query`, by MaxSim; optionally re-ranked by the matching head."""
+        """Molecules best described by `query`, by MaxSim; optionally re-ranked by the matching
+        head. `smarts_matcher`: this search's SMARTS matcher instead of the searcher's."""
         vector = self.embed_query(query)
-        hits = self._ranked(vector, max(k, rerank_candidates) if rerank else k, where, smarts, exact)
+        limit = max(k, rerank_candidates) if rerank else k
+        hits = self._ranked(vector, limit, where, smarts, exact, smarts_matcher=smarts_matcher)
         if rerank and hits:
             hits = self._rerank_by_matching(query, hits)
         return hits[:k]
@@ -272,6 +290,7 @@ class CatalogSearcher:
         where: str | None = None,
         smarts: str | None = None,
         exact: bool | None = None,
+        smarts_matcher: SmartsMatcher | None = None,
     ) -> list[SearchHit]:
         """`search_molecule` for views computed by the caller (e.g. outside a model lock, with a
         caller's own atom and time bounds)."""
@@ -279,12 +298,12 @@ class CatalogSearcher:
 
         embeddings = MoleculeEmbedder(self.model).embed_views([views])
         if by == "pooled":
-            return self._ranked(
-                embeddings.pooled[0].float(), k, where, smarts, exact=True, vector_column="pooled"
-            )
-        if by != "tokens":
+            query, exact, column = embeddings.pooled[0].float(), True, "pooled"
+        elif by == "tokens":
+            query, column = embeddings.tokens[0].float(), TOKEN_COLUMN
+        else:
             raise SearchError(f"by must be 'tokens' or 'pooled', got {by!r}")
-        return self._ranked(embeddings.tokens[0].float(), k, where, smarts, exact)
+        return self._ranked(query, k, where, smarts, exact, column, smarts_matcher)
 
     @torch.inference_mode()
     def rank_texts(self, smiles: str, texts: Sequence[str]) -> list[tuple[str, float]]:
@@ -310,9 +329,10 @@ class CatalogSearcher:
         from mvclam.engine.views import VIEW_SCHEMA, collate_views, views_from_arrow
 
         ids = [h.id for h in hits]
-        table = self.table.to_lance().to_table(
-            columns=["id", *VIEW_SCHEMA.names], filter=f"({sql_in_list(ids)}) AND ({self.version_filter})"
-        )
+        with reading(self.table.uri):
+            table = self.table.to_lance().to_table(
+                columns=["id", *VIEW_SCHEMA.names], filter=f"({sql_in_list(ids)}) AND ({self.version_filter})"
+            )
         position = {i: n for n, i in enumerate(table["id"].to_pylist())}
         views = views_from_arrow(
             table.select(VIEW_SCHEMA.names).replace_schema_metadata(VIEW_SCHEMA.metadata)

@@ -4,18 +4,23 @@ store = CatalogStore.open("catalog_db", "molecules", embeddings_schema(dim=256))
 done = store.done_ids(model_version)          # ids to skip on a re-run (`done_mask` per batch)
 store.write(embedded_rows(...), error_rows(...))   # merge-insert on id: never duplicates a row
 table = open_catalog_table("catalog_db", "molecules")   # for search, captioning, indexing
+store.close()                                  # releases the table's writer lock (local databases)
 """
 
 from .captions import caption_todo_filter, ensure_caption_columns, merge_captions
+from .errors import CatalogStorageError, CatalogTableDamaged, CatalogTableLocked, storage_detail
 from .lance_store import (
     CatalogStore,
     CatalogTableNotFound,
     DoneIds,
     done_mask,
     open_catalog_table,
+    reading,
     sql_in_list,
     sql_quote,
+    table_uri,
 )
+from .lock import WriterLock
 from .rows import embedded_rows, error_rows, property_columns
 from .schema import (
     CAPTION_FIELDS,
@@ -38,9 +43,13 @@ __all__ = [
     "PROPERTY_FIELDS",
     "TIMESTAMP",
     "TOKEN_DTYPES",
+    "CatalogStorageError",
     "CatalogStore",
+    "CatalogTableDamaged",
+    "CatalogTableLocked",
     "CatalogTableNotFound",
     "DoneIds",
+    "WriterLock",
     "caption_todo_filter",
     "done_mask",
     "embedded_rows",
@@ -51,7 +60,10 @@ __all__ = [
     "multivector_array",
     "open_catalog_table",
     "property_columns",
+    "reading",
     "sql_in_list",
     "sql_quote",
+    "storage_detail",
+    "table_uri",
     "vector_array",
 ]

@@ -9,10 +9,17 @@ version counts as not done: it is re-embedded and updated in place.
 Invariant kept here: an id lives in exactly one of the two tables. Writing an id to one table
 deletes it from the other (rows left there by an older model version, or by a kill between the two
 commits, which `reconcile` repairs on the next start).
+
+One writer per table: `CatalogStore.open` takes the table's writer lock (`lock.WriterLock`, local
+databases only) and holds it until `close`, so a second embed job into the table is refused
+instead of inserting every new id a second time. Reading a damaged table raises
+`CatalogTableDamaged`, which says how to restore an earlier version.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import CatalogTableDamaged, damaged_table_error, is_damage
+from .lock import WriterLock
 from .schema import ERRORS_SCHEMA
 
 if TYPE_CHECKING:
@@ -43,6 +52,24 @@ class CatalogTableNotFound(ValueError):
     """The LanceDB directory has no table of that name."""
 
 
+def table_uri(db: str | Path, table: str) -> str:
+    """Where LanceDB keeps `table` of the database `db`."""
+    return f"{str(db).rstrip('/')}/{table}.lance"
+
+
+@contextmanager
+def reading(uri: str) -> Iterator[None]:
+    """Turns Lance's errors for a damaged table at `uri` into CatalogTableDamaged (others pass)."""
+    try:
+        yield
+    except CatalogTableDamaged:
+        raise
+    except (OSError, ValueError, RuntimeError) as error:
+        if is_damage(error):
+            raise damaged_table_error(uri, error) from error
+        raise
+
+
 def open_catalog_table(
     db: str | Path, table: str, refresh_seconds: float | None = None
 ) -> lancedb.table.Table:
@@ -58,7 +85,8 @@ def open_catalog_table(
     )
     connection = lancedb.connect(str(db), **options)
     try:
-        return connection.open_table(table)
+        with reading(table_uri(db, table)):
+            return connection.open_table(table)
     except (ValueError, FileNotFoundError):  # "Table ... was not found" / "... does not exist"
         names = sorted(connection.list_tables().tables)
         if table in names:
@@ -104,19 +132,41 @@ class CatalogStore:
         self._failed_other = pa.array([], pa.string())
         self._connection: lancedb.DBConnection | None = None
         self._created: list[str] = []  # tables `open` created (dropped again by `discard_if_unused`)
+        self._lock: WriterLock | None = None
 
     @classmethod
     def open(
         cls, db: str | Path, table: str, schema: pa.Schema, errors_table: str | None = None
     ) -> CatalogStore:
-        """Open (creating if missing) both tables; fails if an existing table has another schema."""
+        """Open (creating if missing) both tables, holding the table's writer lock until `close`.
+        Fails if another store or job holds the lock (CatalogTableLocked), if an existing table
+        has another schema (ValueError) or is damaged (CatalogTableDamaged)."""
         import lancedb  # imported late: Ray forks workers, and lancedb's runtime is not fork-safe
 
-        connection = lancedb.connect(str(db))
+        lock = WriterLock.acquire(db, table)  # before anything is created: a refused job leaves nothing
+        try:
+            store = cls._open_tables(lancedb.connect(str(db)), db, table, schema, errors_table)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    @classmethod
+    def _open_tables(
+        cls,
+        connection: lancedb.DBConnection,
+        db: str | Path,
+        table: str,
+        schema: pa.Schema,
+        errors_table: str | None,
+    ) -> CatalogStore:
         opened, created = [], []
         for name, expected in ((table, schema), (errors_table or f"{table}_errors", ERRORS_SCHEMA)):
             try:
-                handle = connection.open_table(name)
+                with reading(table_uri(db, name)):
+                    handle = connection.open_table(name)
             except ValueError:  # "Table ... was not found"
                 opened.append(connection.create_table(name, schema=expected))
                 created.append(name)
@@ -138,6 +188,18 @@ class CatalogStore:
         store._connection, store._created = connection, created
         return store
 
+    def close(self) -> None:
+        """Release the writer lock (the tables stay usable for reading)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> CatalogStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def discard_if_unused(self) -> None:
         """Drop the tables `open` created, if nothing was written to either: a run that fails
         before its first commit then leaves the database as it found it."""
@@ -149,8 +211,10 @@ class CatalogStore:
 
     def _read_ids(self, model_version: str) -> tuple[pa.Array, pa.Array, DoneIds]:
         """(embedded, failed) ids of this model version, and the DoneIds view of both tables."""
-        embedded, embedded_other = _ids_by_version(self.embeddings, model_version)
-        failed, failed_other = _ids_by_version(self.errors, model_version)
+        with reading(self.embeddings.uri):
+            embedded, embedded_other = _ids_by_version(self.embeddings, model_version)
+        with reading(self.errors.uri):
+            failed, failed_other = _ids_by_version(self.errors, model_version)
         self._embedded_other, self._failed_other = embedded_other, failed_other
         done = pa.concat_arrays([embedded, failed]).unique()
         return embedded, failed, DoneIds(done, embedded_other, failed_other)
@@ -193,7 +257,10 @@ class CatalogStore:
                     other.delete(sql_in_list(moved))
 
     def counts(self) -> tuple[int, int]:
-        return self.embeddings.count_rows(), self.errors.count_rows()
+        with reading(self.embeddings.uri):
+            embedded = self.embeddings.count_rows()
+        with reading(self.errors.uri):
+            return embedded, self.errors.count_rows()
 
     def optimize(self) -> None:
         """Compact the many small per-chunk fragments and drop old versions."""

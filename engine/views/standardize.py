@@ -4,7 +4,10 @@ Deliberately minimal, because catalog SMILES and caption corpora (ChEBI-20, PubC
 molecule *as written*; every step that changes chemistry is one a description can contradict:
 
 1. Input: SMILES strings are stripped of surrounding whitespace and parsed as given (ChEBI's doubled
-   backslashes `\\\\` are accepted by RDKit as written). None, NaN, "" and blank lines raise
+   backslashes `\\\\` are accepted by RDKit as written). What remains must be printable ASCII
+   without whitespace, optionally followed by one CXSMILES block (` |...|`): RDKit parses the
+   valid prefix of "CCO<garbage>" and ignores the rest as a name, so "CCOü" or "CCO junk" would
+   silently become ethanol; such input is a SmilesParseError instead. None, NaN, "" and blank lines raise
    EmptyInputError. Failures are classified: SMILES that do not parse even unsanitised are
    SmilesParseError; parseable SMILES that fail valence/aromaticity checks are SanitizationError.
    RDKit's own log output is silenced and its message is kept in the error's reason.
@@ -47,6 +50,10 @@ from .errors import (
 MolInput = str | Chem.Mol | None
 
 _PARSE_PREFIX = re.compile(r"^SMILES Parse Error:\s*")
+# A SMILES is printable ASCII without whitespace; a CXSMILES extension block (stereo groups,
+# labels) may follow after blanks, as the .smi reader keeps it (engine/io/catalog.py).
+_SMILES_TEXT = re.compile(r"[!-~]+(?:[ \t]+\|[ -{}~]*\|)?")
+_SMILES_CHAR = re.compile(r"[!-~]")
 _PARSE_SUFFIX = re.compile(r"\s*(?:for input|while parsing):.*$")
 
 
@@ -60,13 +67,38 @@ def _uncharger() -> rdMolStandardize.Uncharger:
     return rdMolStandardize.Uncharger()
 
 
+def _log_lines(log: rdBase.CaptureErrorLog) -> list[str]:
+    """The captured RDKit log as lines; [] when it cannot be decoded (RDKit cuts the input it
+    echoes at a byte count, which may split a UTF-8 character)."""
+    try:
+        return clean_rdkit_log(log.messages)
+    except UnicodeDecodeError:
+        return []
+
+
+def _check_smiles_text(smiles: str) -> None:
+    """SmilesParseError for text that cannot be a SMILES: a non-ASCII, control or whitespace
+    character (outside a trailing CXSMILES block) that RDKit would take for the end of it."""
+    if _SMILES_TEXT.fullmatch(smiles):
+        return
+    extension = re.search(r"[ \t]+\|[ -{}~]*\|$", smiles)
+    body = smiles[: extension.start()] if extension else smiles
+    position = next((i for i, c in enumerate(body) if not _SMILES_CHAR.fullmatch(c)), len(body))
+    character = smiles[position] if position < len(smiles) else ""
+    what = f"U+{ord(character):04X}" if character else "text"
+    raise SmilesParseError(
+        f"could not parse SMILES {shorten(smiles)!r}: a non-ASCII, control or whitespace character "
+        f"({what}) at position {position + 1}; a SMILES is printable ASCII"
+    )
+
+
 def _explain_parse_failure(smiles: str) -> Exception:
     """Slow path, failures only: parse again unsanitised to tell syntax from chemistry errors."""
     with rdBase.CaptureErrorLog() as log:
         raw = Chem.MolFromSmiles(smiles, sanitize=False)
     shown = shorten(smiles)
     if raw is None:
-        lines = clean_rdkit_log(log.messages)
+        lines = _log_lines(log)
         detail = _PARSE_SUFFIX.sub("", _PARSE_PREFIX.sub("", lines[0])) if lines else "syntax error"
         return SmilesParseError(f"could not parse SMILES {shown!r}: {detail}")
     with rdBase.CaptureErrorLog() as log:
@@ -74,7 +106,7 @@ def _explain_parse_failure(smiles: str) -> Exception:
             Chem.SanitizeMol(raw)
         except Exception as exc:  # RDKit raises several MolSanitizeException subclasses
             return SanitizationError(f"SMILES {shown!r} failed sanitization: {exc}")
-    lines = clean_rdkit_log(log.messages)
+    lines = _log_lines(log)
     detail = lines[0] if lines else "unknown RDKit error"
     return SanitizationError(f"SMILES {shown!r} failed sanitization: {detail}")
 
@@ -83,6 +115,7 @@ def _from_smiles(smiles: str) -> Chem.Mol:
     smiles = smiles.strip()
     if not smiles:
         raise EmptyInputError("empty SMILES")
+    _check_smiles_text(smiles)
     # One sanitising parse on the (common) success path: RDKit's own stereo perception included.
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
