@@ -155,6 +155,7 @@ class CaptionActor:
         llm_cache: str | None = None,
         references: pa.Table | None = None,
     ):
+        import ray
         import torch
 
         from mvclam.engine.captioning import GenerationSettings, load_captioning
@@ -164,6 +165,8 @@ class CaptionActor:
         torch.set_num_threads(max(1, num_threads))
         self._tmp = tempfile.TemporaryDirectory(prefix="mvclam-caption-")
         directory = unpack_checkpoint(checkpoint, Path(self._tmp.name, "ckpt"))
+        if isinstance(references, ray.ObjectRef):  # Ray resolves only top-level refs, not kwargs
+            references = ray.get(references)
         cited = ReferenceSet.from_arrow(references) if references is not None else None
         self.captioning = load_captioning(
             directory, batch_size=batch_size, device=default_device(), references=cited

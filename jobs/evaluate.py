@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 
 from mvclam.jobs.cli_args import add_model_arguments
@@ -199,7 +200,9 @@ def run_captioning(args: argparse.Namespace) -> int:
                     set(captioner.references.inchikeys) & set(eval_set.molecule_keys)
                 ),
             }
+        started = time.perf_counter()
         predictions = caption_molecules(eval_set, captioner.caption_views)
+        caption_seconds = time.perf_counter() - started
         source = "generated"
         description = {
             "checkpoint": args.model,
@@ -211,6 +214,11 @@ def run_captioning(args: argparse.Namespace) -> int:
             },
             "references": references,
             "generation": settings.to_dict(),
+            # soft prompts, reference look-up and generation; views come from the cache
+            "caption_seconds": round(caption_seconds, 1),
+            "captions_per_s": round(len(predictions) / max(caption_seconds, 1e-9), 3),
+            "batch_size": args.batch_size,
+            "torch_threads": _torch_threads(),
         }
         if args.save_predictions:
             _save_predictions(args.save_predictions, eval_set, predictions)
@@ -219,6 +227,12 @@ def run_captioning(args: argparse.Namespace) -> int:
     _write(report, args.out)
     _print_summary(report)
     return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 PROMPT_PARTS = {"soft_prompt": bool, "smiles_chars": int, "references": int}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import warnings
 
@@ -360,9 +361,15 @@ def test_cli_input_file_writes_one_row_per_line(tmp_path, capsys):
     out = tmp_path / "captions.tsv"
     argv = ["caption", "--input", str(smi), "--out", str(out), "--max-new-tokens", "3", "--batch-size", "1"]
     assert _run_cli(argv) == 0
-    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    rows = list(csv.reader(out.read_text().splitlines(), delimiter="\t"))
     assert rows[0] == ["id", "smiles", "caption", "error", "references"] and len(rows) == 5
-    assert all(r[4] == "[]" for r in rows[1:])  # a captioner without references cites none
+    cited = {r[0]: json.loads(r[4]) for r in rows[1:]}
+    assert cited["2"] == cited["bad one"] == []  # a failed row cites nothing
+    from mvclam.engine.models.pretrained import shipped_checkpoint
+
+    for good in ("ethanol", "4"):  # the shipped captioner cites its 2 references
+        assert all(set(c) == {"id", "similarity"} for c in cited[good])
+        assert len(cited[good]) == (2 if shipped_checkpoint() is not None else 0)
     by_id = {r[0]: r for r in rows[1:]}
     assert by_id["ethanol"][2] and not by_id["ethanol"][3]
     assert by_id["4"][2] and not by_id["4"][3]
@@ -370,7 +377,5 @@ def test_cli_input_file_writes_one_row_per_line(tmp_path, capsys):
         assert by_id[failed][2] == "" and by_id[failed][3]
     err = capsys.readouterr().err
     assert "wrote 4 rows (2 with an error)" in err
-    from mvclam.engine.models.pretrained import shipped_checkpoint
-
     if shipped_checkpoint() is not None:  # the default is the shipped, trained captioner: no warning
         assert UNTRAINED_WARNING not in err

@@ -153,7 +153,14 @@ def test_greedy_captions_equal_transformers(shipped, engine, prompts):
     # Through the captioning facade, as the bulk job uses it: the same captions.
     from mvclam.engine.captioning import Captioner
 
-    with_vllm = Captioner(shipped.mvclam, shipped.captioner, backend=engine, batch_size=8, settings=GREEDY)
+    with_vllm = Captioner(
+        shipped.mvclam,
+        shipped.captioner,
+        backend=engine,
+        batch_size=8,
+        settings=GREEDY,
+        references=shipped.references,
+    )
     texts = with_vllm.caption_views(views)
     if same == MOLECULES:
         assert texts == engine.decode(transformers_ids)
