@@ -18,8 +18,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mvclam.jobs.cli_args import add_model_arguments
+
+if TYPE_CHECKING:
+    from mvclam.engine.captioning.model import CaptionerConfig
 
 DEFAULT_PREPARED = Path("runs/data/v2")
 KNOWN_TRAINING_SOURCES = frozenset(
@@ -238,7 +242,7 @@ def _torch_threads() -> int:
 PROMPT_PARTS = {"soft_prompt": bool, "smiles_chars": int, "references": int}
 
 
-def ablated_prompt(config, items: list[str]):
+def ablated_prompt(config: CaptionerConfig, items: list[str]) -> CaptionerConfig:
     """The captioner's config with prompt parts changed at inference time (the ablations of
     docs/training.md): `soft_prompt=false`, `references=0`, `smiles_chars=0`. Only parts can be
     removed or shrunk: the captioner never learned more references or a longer SMILES."""

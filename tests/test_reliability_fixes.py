@@ -485,7 +485,9 @@ def test_request_molecules_are_bounded(server, searcher):
     assert request_view_config(ViewConfig(embed_timeout_s=0), 100, 5).embed_timeout_s == 5
 
 
-def test_molecule_views_do_not_block_text_search(server, monkeypatch):
+def hold_views_of_slow_smiles(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Makes the views of SLOW_SMILES wait (up to 60 s) until `release` is set; `entered` is set
+    when they start."""
     from mvclam.engine.views import molecule_views
 
     entered, release = threading.Event(), threading.Event()
@@ -498,6 +500,11 @@ def test_molecule_views_do_not_block_text_search(server, monkeypatch):
         return original(mol, config)
 
     monkeypatch.setattr(molecule_views, "_compute_views", slow)
+    return entered, release
+
+
+def test_molecule_views_do_not_block_text_search(server, monkeypatch):
+    entered, release = hold_views_of_slow_smiles(monkeypatch)
     outcome: dict[str, Any] = {}
     thread = threading.Thread(
         target=lambda: outcome.update(similar=post(server, "/api/similar", {"smiles": SLOW_SMILES, "k": 2}))
@@ -782,19 +789,9 @@ def test_storage_fault_is_a_503_and_a_bad_filter_still_a_400(tmp_path, searcher)
 
 
 def test_busy_molecule_slots_answer_429_with_retry_after(searcher, monkeypatch):
-    from mvclam.engine.views import molecule_views
     from mvclam.jobs.serve import create_app
 
-    entered, release = threading.Event(), threading.Event()
-    original = molecule_views._compute_views
-
-    def slow(mol: Any, config: Any) -> Any:
-        if mol == SLOW_SMILES:
-            entered.set()
-            release.wait(60)
-        return original(mol, config)
-
-    monkeypatch.setattr(molecule_views, "_compute_views", slow)
+    entered, release = hold_views_of_slow_smiles(monkeypatch)
     with running_server(create_app(searcher, molecule_wait_s=0.2), log_level="critical") as port:
         held = threading.Thread(target=post, args=(port, "/api/similar", {"smiles": SLOW_SMILES, "k": 2}))
         held.start()
