@@ -102,7 +102,7 @@ def run_caption(
     config: str | None = None,
     overrides: list[str] | None = None,
     batch_size: int = 16,
-    max_new_tokens: int = 96,
+    max_new_tokens: int = 128,
     num_beams: int = 1,
     threads: int | None = None,
     out: str | Path | None = None,

@@ -58,7 +58,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         config=args.config,
         overrides=args.overrides,
         batch_size=args.batch_size or 16,
-        max_new_tokens=args.max_new_tokens or 96,
+        max_new_tokens=args.max_new_tokens or 128,
         num_beams=args.num_beams or 1,
         threads=args.threads,
         out=args.out,
@@ -98,7 +98,7 @@ def add_caption_subcommand(subparsers: argparse._SubParsersAction) -> argparse.A
     parser.add_argument(
         "--batch-size", type=int, default=None, help="molecules per generate call (default 16)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 96")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128")
     parser.add_argument("--num-beams", type=int, default=None, help="default 1 (greedy)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(

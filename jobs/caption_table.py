@@ -74,7 +74,7 @@ class CaptionTableJob:
     actor_cpus: float = 1.0
     actor_gpus: float | None = None  # None: 1 per actor when the cluster has GPUs, else 0
     commit_rows: int = 256
-    max_new_tokens: int = 96
+    max_new_tokens: int = 128
     num_beams: int = 1
     repetition_penalty: float = 1.0
     limit: int | None = None  # caption at most this many rows this run (None: all that need it)

@@ -339,7 +339,7 @@ def add_evaluate_subcommand(subparsers: argparse._SubParsersAction) -> argparse.
         "--predictions", default=None, help="TSV with cid (or smiles) and caption columns"
     )
     captioning.add_argument("--save-predictions", default=None, help="write generated captions to this TSV")
-    captioning.add_argument("--max-new-tokens", type=int, default=96)
+    captioning.add_argument("--max-new-tokens", type=int, default=128)
     captioning.add_argument("--num-beams", type=int, default=1, help="1: greedy")
     captioning.add_argument("--batch-size", type=int, default=16, help="molecules per generate call")
     captioning.add_argument(

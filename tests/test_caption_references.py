@@ -14,7 +14,13 @@ from mvclam.engine.captioning import (
     MoleculeCaptioner,
     molecule_query_states,
 )
-from mvclam.engine.captioning.decoding import max_ngram_count, trim_repetition
+from mvclam.engine.captioning.backends import CaptionBackend
+from mvclam.engine.captioning.decoding import (
+    max_ngram_count,
+    trim_name_loops,
+    trim_repetition,
+    trim_unfinished,
+)
 from mvclam.engine.captioning.model import PromptContext, prompt_contexts
 from mvclam.engine.captioning.references import (
     Reference,
@@ -135,6 +141,57 @@ def test_trim_repetition_cuts_loops_and_keeps_normal_text():
     normal = "Aspirin is a member of the class of benzoic acids. It has a role as an analgesic."
     assert trim_repetition(normal) == normal
     assert trim_repetition("a b c d a b c d", max_repeats=1) == "a b c d a b c"
+
+
+def test_trim_name_loops_cuts_loops_inside_a_word():
+    # loops of the first retrieval-augmented captioner on the test split
+    looped = "The molecule is an alditol. It is a 1,3-dihydroxy-1,3-dihydroxy-1,3-dihydroxy-1,3-dihydr"
+    assert trim_name_loops(looped) == "The molecule is an alditol."
+    no_sentence = "The molecule is a 2-hydroxy-2-hydroxy-2-hydroxy-2-hydroxy-2"
+    assert trim_name_loops(no_sentence) == "The molecule is a 2-hydroxy-2-hydroxy"  # two occurrences kept
+    counting = "It is a dibenzofuran. It is a 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,2"
+    assert trim_name_loops(counting) == "It is a dibenzofuran."
+    # real names repeat twice, and carry short locant lists: untouched
+    for name in (
+        "The molecule is beta-D-Glc-(1->3)-beta-D-Glc, a disaccharide.",
+        "It is 1,1,2,2,3,3,4,4,5-nonafluoropentane and 2,3,4,5,6-pentahydroxyhexanal.",
+        "Aspirin is a member of the class of benzoic acids.",
+    ):
+        assert trim_name_loops(name) == name
+
+
+def test_trim_unfinished_ends_at_the_last_full_sentence():
+    assert trim_unfinished("It is an alcohol. It has a role as a s") == "It is an alcohol."
+    assert trim_unfinished("It is an alcohol.") == "It is an alcohol."
+    assert trim_unfinished("no sentence end at all") == "no sentence end at all"
+
+
+class _CannedBackend(CaptionBackend):
+    """Returns fixed token ids, one word per id; id 0 is the end-of-turn token."""
+
+    name = "canned"
+    hidden_size = 4
+
+    def __init__(self, rows: list[list[int]]):
+        self.rows = rows
+        self.tokenizer = type("Tokenizer", (), {"eos_token_id": 0})()
+
+    def generate_ids(self, prompt_embeds, settings):
+        return self.rows
+
+    def decode(self, ids):
+        words = {1: "It", 2: "is", 3: "an", 4: "alcohol.", 5: "acid"}
+        return [" ".join(words[i] for i in row if i) for row in ids]
+
+
+def test_generate_trims_only_captions_stopped_by_the_token_limit():
+    rows = [[1, 2, 3, 4, 1, 2, 3, 5], [1, 2, 3, 4, 1, 2, 5, 0], [1, 2, 3, 4, 1, 2, 5]]
+    backend = _CannedBackend(rows)
+    captions = backend.generate([], GenerationSettings(max_new_tokens=8))
+    # row 1 hit the limit mid-sentence; row 2 ended with end-of-turn; row 3 stopped early (EOS dropped)
+    assert captions == ["It is an alcohol.", "It is an alcohol. It is acid", "It is an alcohol. It is acid"]
+    untrimmed = backend.generate([], GenerationSettings(max_new_tokens=8, trim_unfinished=False))
+    assert untrimmed[0] == "It is an alcohol. It is an acid"
 
 
 # ----------------------------------------------------------------------------- prompts with context

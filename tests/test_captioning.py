@@ -243,6 +243,15 @@ def test_save_load_round_trip(tmp_path, captioner, query_states):
         prompts, GREEDY
     ) == TransformersBackend.from_captioner(captioner).generate(prompts, GREEDY)
 
+    # continuing training with another prompt keeps the weights; what shapes them cannot change
+    longer = load_captioner(
+        tmp_path, prompt_changes={"reference_tokens": 96, "lora_r": captioner.config.lora_r}
+    )
+    assert longer.config.reference_tokens == 96 and longer.config.lora_r == captioner.config.lora_r
+    torch.testing.assert_close(longer.state_dict(), loaded.state_dict(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"cannot change \['lora_r'\]"):
+        load_captioner(tmp_path, prompt_changes={"lora_r": captioner.config.lora_r * 2})
+
     manifest["llm"]["sha256"] = "0" * 64
     (tmp_path / "captioner" / "config.json").write_text(json.dumps(manifest))
     with pytest.raises(CaptionerCheckpointError, match="installed base LLM"):

@@ -275,9 +275,9 @@ def test_failed_job_leaves_no_empty_tables(tmp_path, checkpoint, local_ray):
     assert list(lancedb.connect(str(tmp_path / "db")).list_tables().tables) == []
 
 
-def test_store_keeps_tables_that_hold_rows(tmp_path):
-    store = CatalogStore.open(tmp_path / "db", "t", embeddings_schema(4))
-    errors = pa.table(
+def one_error_row() -> pa.Table:
+    """A row of the errors table."""
+    return pa.table(
         {
             "id": ["x"],
             "input": ["C("],
@@ -289,9 +289,44 @@ def test_store_keeps_tables_that_hold_rows(tmp_path):
             "failed_at": pa.array([0], pa.timestamp("us", tz="UTC")),
         }
     ).cast(ERRORS_SCHEMA)
+
+
+def test_store_keeps_tables_that_hold_rows(tmp_path):
+    store = CatalogStore.open(tmp_path / "db", "t", embeddings_schema(4))
+    errors = one_error_row()
     store.write(None, errors)
     store.discard_if_unused()
     assert sorted(lancedb.connect(str(tmp_path / "db")).list_tables().tables) == ["t", "t_errors"]
+
+
+def test_a_write_the_disk_refuses_names_the_table_without_lance_internals(tmp_path, monkeypatch):
+    from mvclam.engine.store import CatalogStorageError
+
+    store = CatalogStore.open(tmp_path / "db", "t", embeddings_schema(4))
+    errors = one_error_row()
+    # what Lance raised on the full tmpfs of the fault campaign
+    lance_message = (
+        "LanceError(IO): Generic LocalFileSystem error: Unable to write to file at "
+        f"{tmp_path}/db/t_errors.lance/data/x.lance: No space left on device (os error 28), "
+        "/root/.cargo/registry/src/index.crates.io-6f17d22bba15001f/lance-io-0.31.0/src/local.rs:137:38"
+    )
+
+    def raising(error: Exception):
+        def merge_insert(*_args):
+            raise error
+
+        return merge_insert
+
+    monkeypatch.setattr(store.errors, "merge_insert", raising(OSError(lance_message)))
+    with pytest.raises(CatalogStorageError) as raised:
+        store.write(None, errors)
+    message = str(raised.value)
+    assert message.startswith("cannot write table 't_errors' (database 'db'): no space left on device")
+    assert "resumes" in message and ".rs" not in message and str(tmp_path) not in message
+    monkeypatch.setattr(store.errors, "merge_insert", raising(ValueError("bad")))
+    with pytest.raises(ValueError, match=r"^bad$"):  # not a storage refusal: passes unchanged
+        store.write(None, errors)
+    store.close()
 
 
 # --- HTTP API -------------------------------------------------------------------------------------

@@ -233,6 +233,7 @@ def test_full_disk_fails_clearly_keeps_committed_rows_and_resumes_exactly(faults
     if "skipped" in figures:
         pytest.skip(figures["skipped"])
     assert figures["embed"]["failed"] and figures["clear_error"], figures["embed"]
+    assert not figures["embed"]["reveals_internals"], figures["embed"]  # was Lance's, with Rust paths
     assert figures["readable_after"] and figures["committed_rows_kept"]
     assert figures["duplicate_rows_after_failure"] == 0
     assert not figures["resume"]["failed"] and figures["exact_after_resume"], figures

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mvclam.engine.captioning.decoding import trim_repetition
+from mvclam.engine.captioning.decoding import trim_name_loops, trim_repetition, trim_unfinished
 
 if TYPE_CHECKING:
     from mvclam.engine.captioning.model import MoleculeCaptioner
@@ -46,7 +46,7 @@ PromptEmbeds = Sequence[torch.Tensor] | torch.Tensor
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    max_new_tokens: int = 96
+    max_new_tokens: int = 128
     num_beams: int = 1
     do_sample: bool = False
     temperature: float = 1.0
@@ -58,6 +58,7 @@ class GenerationSettings:
     # times in a caption; max_ngram_repeats 0 turns it off.
     repeat_ngram: int = 4
     max_ngram_repeats: int = 2
+    trim_unfinished: bool = True  # a caption stopped by max_new_tokens ends at its last full sentence
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.num_beams < 1:
@@ -114,10 +115,18 @@ class CaptionBackend(ABC):
         return [text.strip() for text in self.tokenizer.batch_decode(list(ids), skip_special_tokens=True)]
 
     def generate(self, prompt_embeds: PromptEmbeds, settings: GenerationSettings) -> list[str]:
-        captions = self.decode(self.generate_ids(prompt_embeds, settings))
+        ids = self.generate_ids(prompt_embeds, settings)
+        captions = self.decode(ids)
+        if settings.trim_unfinished:
+            eos = self.tokenizer.eos_token_id
+            captions = [
+                trim_unfinished(c) if len(row) >= settings.max_new_tokens and row[-1] != eos else c
+                for c, row in zip(captions, ids, strict=True)
+            ]
         if settings.max_ngram_repeats:
             captions = [
-                trim_repetition(c, settings.repeat_ngram, settings.max_ngram_repeats) for c in captions
+                trim_name_loops(trim_repetition(c, settings.repeat_ngram, settings.max_ngram_repeats))
+                for c in captions
             ]
         return captions
 

@@ -83,7 +83,10 @@ def read_captioner_manifest(checkpoint: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_captioner(checkpoint: str | Path, llm: LoadedLLM | None = None) -> MoleculeCaptioner:
+def load_captioner(
+    checkpoint: str | Path, llm: LoadedLLM | None = None, prompt_changes: dict[str, Any] | None = None
+) -> MoleculeCaptioner:
+    """The stored captioner; ``prompt_changes`` (CaptionerConfig.with_prompt) alter its prompt, not its weights."""
     directory = captioner_dir(checkpoint)
     manifest = read_captioner_manifest(directory)
     llm = llm or load_llm()
@@ -94,7 +97,8 @@ def load_captioner(checkpoint: str | Path, llm: LoadedLLM | None = None) -> Mole
             f"({expected['gguf_file']}, sha256 {expected['sha256'][:12]}…), but the installed base LLM is "
             f"{llm.source.distribution}=={llm.source.version} (sha256 {llm.source.sha256[:12]}…)"
         )
-    captioner = MoleculeCaptioner(CaptionerConfig.from_dict(manifest["config"]), llm)
+    config = CaptionerConfig.from_dict(manifest["config"]).with_prompt(**(prompt_changes or {}))
+    captioner = MoleculeCaptioner(config, llm)
     state = load_file(str(directory / WEIGHTS_FILE))
     expected_keys = set(_stored_state(captioner))
     if set(state) != expected_keys:

@@ -32,7 +32,7 @@ Trainer API (the loop, Ray Train and resume live in jobs/)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -56,6 +56,9 @@ LORA_TARGETS = {
     "query-value": ["q_proj", "v_proj"],  # LoRA's original choice; the smallest adapter
     "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
+
+
+WEIGHT_FIELDS = frozenset({"qformer_hidden_size", "num_query_tokens", "lora_r", "lora_alpha", "lora_targets"})
 
 
 @dataclass
@@ -99,6 +102,17 @@ class CaptionerConfig:
             num_query_tokens=mvclam.config.num_molecule_tokens,
             **overrides,
         )
+
+    def with_prompt(self, **changes: Any) -> CaptionerConfig:
+        """The same weights with another prompt or target length (to continue training a captioner).
+
+        Fields that shape or scale the weights (sizes, LoRA rank, alpha, targets) cannot change: the
+        stored adapter would no longer mean the same thing.
+        """
+        fixed = {k: v for k, v in changes.items() if k in WEIGHT_FIELDS and v != getattr(self, k)}
+        if fixed:
+            raise ValueError(f"cannot change {sorted(fixed)} of a trained captioner: they shape its weights")
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from .lance_store import sql_quote
+from .lance_store import sql_quote, writing
 from .schema import CAPTION_FIELDS, CAPTION_REFERENCES_TYPE, TIMESTAMP
 
 if TYPE_CHECKING:
@@ -62,4 +62,5 @@ def merge_captions(table: lancedb.table.Table, rows: pa.Table, version: str, set
             "caption_references": references,
         }
     )
-    table.merge_insert("id").when_matched_update_all().execute(update)
+    with writing(table.uri):
+        table.merge_insert("id").when_matched_update_all().execute(update)

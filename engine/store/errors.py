@@ -4,7 +4,9 @@ A damaged table (a data file or manifest of its latest version cut or overwritte
 raise IO or decode errors that name neither the table nor a way out; `damaged_table_error`
 turns them into a `CatalogTableDamaged` that names the table, the damaged part and how to get the
 earlier version back (docs/reliability.md, "Faults"). Errors of the operating system that are
-not damage (permission denied, read-only, no space) keep Lance's own message.
+not damage (permission denied, read-only, no space) keep Lance's own message when read; when a
+write fails on them, `storage_write_error` says which table, what the OS refused and that the
+rows committed before are kept.
 """
 
 from __future__ import annotations
@@ -39,6 +41,33 @@ def storage_detail(error: BaseException, limit: int = 300) -> str:
     text = _PREFIXES.sub("", _RUST_LOCATION.sub("", text))
     text = _PATH.sub(lambda m: PurePosixPath(m.group(0)).name or "/", text)
     return text[:limit].rstrip(" ,")
+
+
+_WRITE_REFUSALS = {
+    28: "no space left on device",
+    122: "the disk quota is exceeded",
+    30: "the file system is read-only",
+    13: "permission denied",
+    1: "operation not permitted",
+}
+_OS_ERROR = re.compile(r"os error (\d+)\b")
+
+
+def storage_write_error(uri: str, error: BaseException) -> CatalogStorageError | None:
+    """A CatalogStorageError for a write to the table at `uri` that the OS refused (no space,
+    quota, read-only, permissions); None for other errors."""
+    errno = getattr(error, "errno", None)
+    if errno not in _WRITE_REFUSALS:
+        found = _OS_ERROR.search(str(error))
+        errno = int(found.group(1)) if found else None
+    if errno not in _WRITE_REFUSALS:
+        return None
+    table, db = _where(uri)
+    return CatalogStorageError(
+        f"cannot write table {table!r} (database {db!r}): {_WRITE_REFUSALS[errno]} (os error {errno}). "
+        "Every chunk committed before is kept and this chunk is not: fix the storage and re-run the "
+        "job, which resumes after the last commit (see docs/reliability.md, 'Faults')."
+    )
 
 
 def is_damage(error: BaseException) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import CatalogTableDamaged, damaged_table_error, is_damage
+from .errors import CatalogTableDamaged, damaged_table_error, is_damage, storage_write_error
 from .lock import WriterLock
 from .schema import ERRORS_SCHEMA
 
@@ -67,6 +67,18 @@ def reading(uri: str) -> Iterator[None]:
     except (OSError, ValueError, RuntimeError) as error:
         if is_damage(error):
             raise damaged_table_error(uri, error) from error
+        raise
+
+
+@contextmanager
+def writing(uri: str) -> Iterator[None]:
+    """Turns a write the OS refused (no space, read-only, permissions) into a CatalogStorageError
+    that names the table, without Lance's internals (others pass)."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as error:
+        if (clean := storage_write_error(uri, error)) is not None:
+            raise clean from error
         raise
 
 
@@ -244,17 +256,19 @@ class CatalogStore:
         ):
             if rows is None or rows.num_rows == 0:
                 continue
-            (
-                target.merge_insert("id")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute(_with_missing_columns(rows, target.schema).cast(target.schema))
-            )
+            with writing(target.uri):
+                (
+                    target.merge_insert("id")
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .execute(_with_missing_columns(rows, target.schema).cast(target.schema))
+                )
             if len(other_ids):
                 moved = rows["id"].combine_chunks()
                 moved = moved.filter(pc.is_in(moved, value_set=other_ids))
                 if len(moved):
-                    other.delete(sql_in_list(moved))
+                    with writing(other.uri):
+                        other.delete(sql_in_list(moved))
 
     def counts(self) -> tuple[int, int]:
         with reading(self.embeddings.uri):

@@ -198,8 +198,8 @@ class Stage2Task:
         from mvclam.engine.captioning.model import CaptionerConfig, MoleculeCaptioner
 
         mvclam = MVCLAM.from_pretrained(checkpoint)
-        if has_captioner(checkpoint):  # continue training a captioner
-            return cls(mvclam, load_captioner(checkpoint).train())
+        if has_captioner(checkpoint):  # continue training a captioner, its prompt as `captioner_options` say
+            return cls(mvclam, load_captioner(checkpoint, prompt_changes=captioner_options).train())
         return cls(mvclam, MoleculeCaptioner(CaptionerConfig.for_model(mvclam, **(captioner_options or {}))))
 
     def setup(self, train_data: PairData, validation_data: PairData, output_dir: Path) -> None:
