@@ -163,7 +163,7 @@ def test_greedy_captions_equal_transformers(shipped, engine, prompts):
     )
     texts = with_vllm.caption_views(views)
     if same == MOLECULES:
-        assert texts == engine.decode(transformers_ids)
+        assert texts == engine.finish(transformers_ids, GREEDY)  # decoded and guarded alike
     assert all(texts)
 
 

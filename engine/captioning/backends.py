@@ -115,7 +115,10 @@ class CaptionBackend(ABC):
         return [text.strip() for text in self.tokenizer.batch_decode(list(ids), skip_special_tokens=True)]
 
     def generate(self, prompt_embeds: PromptEmbeds, settings: GenerationSettings) -> list[str]:
-        ids = self.generate_ids(prompt_embeds, settings)
+        return self.finish(self.generate_ids(prompt_embeds, settings), settings)
+
+    def finish(self, ids: Sequence[Sequence[int]], settings: GenerationSettings) -> list[str]:
+        """The captions of generated token ids: decoded, then the guards of `settings` (decoding.py)."""
         captions = self.decode(ids)
         if settings.trim_unfinished:
             eos = self.tokenizer.eos_token_id
