@@ -246,8 +246,6 @@ def ablated_prompt(config: CaptionerConfig, items: list[str]) -> CaptionerConfig
     """The captioner's config with prompt parts changed at inference time (the ablations of
     docs/training.md): `soft_prompt=false`, `references=0`, `smiles_chars=0`. Only parts can be
     removed or shrunk: the captioner never learned more references or a longer SMILES."""
-    import dataclasses
-
     changes: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -268,7 +266,7 @@ def ablated_prompt(config: CaptionerConfig, items: list[str]) -> CaptionerConfig
             )
         changes[key] = value
     try:
-        return dataclasses.replace(config, **changes)
+        return config.with_prompt(**changes)
     except ValueError as exc:
         raise SystemExit(f"--prompt: {exc}") from None
 
