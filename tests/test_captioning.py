@@ -249,6 +249,12 @@ def test_save_load_round_trip(tmp_path, captioner, query_states):
     )
     assert longer.config.reference_tokens == 96 and longer.config.lora_r == captioner.config.lora_r
     torch.testing.assert_close(longer.state_dict(), loaded.state_dict(), rtol=0, atol=0)
+    # its captions differ, so they carry another version (a caption job would otherwise skip rows)
+    assert longer.version != loaded.version
+    same = load_captioner(tmp_path, prompt_changes={"reference_tokens": captioner.config.reference_tokens})
+    assert same.version == loaded.version
+    save_captioner(longer, tmp_path / "longer")
+    assert longer.version not in (loaded.version, manifest["captioner_version"])
     with pytest.raises(ValueError, match=r"cannot change \['lora_r'\]"):
         load_captioner(tmp_path, prompt_changes={"lora_r": captioner.config.lora_r * 2})
 

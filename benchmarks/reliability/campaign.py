@@ -173,6 +173,13 @@ TABLE = (
     ("2 crashes", "largest token difference", "crashes.comparison.token_max_abs_diff", "0.0"),
     ("2 crashes", "encoder actor kill: run exit status", "crashes.actor_kills.0.rc", ""),
     ("2 crashes", "after actor kill: same rows as clean", "crashes.actor_comparison.same_ids", "true"),
+    ("2 crashes", "views worker kill: killed", "crashes.actor_kills.1.killed", "true"),
+    (
+        "2 crashes",
+        "after worker kill: same rows as clean",
+        "crashes.actor_kills.1.comparison.same_ids",
+        "true",
+    ),
     ("2 crashes", "caption rows after kills / rows", "crashes.captions.captioned", "= rows"),
     ("2 crashes", "captions for another molecule", "crashes.captions.captions_for_another_molecule", "0"),
     ("3 readers", "queries", "readers.readers.queries", ""),

@@ -47,6 +47,17 @@ def _stored_state(captioner: MoleculeCaptioner) -> dict[str, torch.Tensor]:
     }
 
 
+def captioner_version(weights: bytes, llm_sha256: str, config: dict[str, Any]) -> str:
+    """Names everything that decides a caption: the weights, the base LLM and the prompt.
+
+    The prompt is in it because a caption job skips rows that already hold a caption of this
+    version: a captioner with the same weights and another prompt writes other captions.
+    """
+    digest = hashlib.sha256(weights + llm_sha256.encode())
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    return digest.hexdigest()[:12]
+
+
 def save_captioner(
     captioner: MoleculeCaptioner, checkpoint: str | Path, weights_dtype: torch.dtype = torch.float32
 ) -> Path:
@@ -57,7 +68,7 @@ def save_captioner(
         k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in _stored_state(captioner).items()
     }
     save_file(state, str(weights), metadata={"format": CAPTIONER_FORMAT})
-    version = hashlib.sha256(weights.read_bytes() + captioner.llm_source.sha256.encode()).hexdigest()[:12]
+    version = captioner_version(weights.read_bytes(), captioner.llm_source.sha256, captioner.config.to_dict())
     manifest: dict[str, Any] = {
         "format": CAPTIONER_FORMAT,
         "format_version": CAPTIONER_FORMAT_VERSION,
@@ -97,7 +108,8 @@ def load_captioner(
             f"({expected['gguf_file']}, sha256 {expected['sha256'][:12]}…), but the installed base LLM is "
             f"{llm.source.distribution}=={llm.source.version} (sha256 {llm.source.sha256[:12]}…)"
         )
-    config = CaptionerConfig.from_dict(manifest["config"]).with_prompt(**(prompt_changes or {}))
+    stored = CaptionerConfig.from_dict(manifest["config"])
+    config = stored.with_prompt(**(prompt_changes or {}))
     captioner = MoleculeCaptioner(config, llm)
     state = load_file(str(directory / WEIGHTS_FILE))
     expected_keys = set(_stored_state(captioner))
@@ -109,4 +121,7 @@ def load_captioner(
     captioner.load_state_dict(state, strict=False)
     captioner.trained = bool(manifest.get("trained", False))
     captioner.version = manifest["captioner_version"]
+    if config != stored:  # another prompt: captions of the stored version would be mislabelled
+        changed = json.dumps(config.to_dict(), sort_keys=True).encode()
+        captioner.version = hashlib.sha256(captioner.version.encode() + changed).hexdigest()[:12]
     return captioner.eval()
