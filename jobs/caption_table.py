@@ -137,6 +137,21 @@ class CaptionSummary:
         )
 
 
+READ_CPUS = 1.0  # what a Ray Data read task asks for by default
+
+
+def fit_caption_cpus(actors: int, actor_cpus: float, cpus: float) -> tuple[float, float]:
+    """(actor_cpus, read_cpus) for a Ray instance of `cpus` CPUs: the job's own, or both scaled down
+    when the actors and one read task would not fit together. Ray holds the actors' CPUs for the
+    whole run, so otherwise the read task is never scheduled and the job hangs (`--actors 2` on
+    2 cores). The actors keep their torch threads: the cores are there, only Ray's count is short."""
+    needed = actors * actor_cpus + READ_CPUS
+    if cpus <= 0 or needed <= cpus:
+        return actor_cpus, READ_CPUS
+    scale = cpus / needed
+    return actor_cpus * scale, READ_CPUS * scale
+
+
 def caption_version(mvclam_version: str, captioner_version: str) -> str:
     return f"{mvclam_version}+{captioner_version}"
 
@@ -280,7 +295,25 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
         context = DataContext.get_current()
         context.enable_progress_bars = job.progress
         gpus = actor_gpus(job.actor_gpus)
-        dataset = ray.data.read_lance(table.to_lance().uri, columns=["id", *VIEW_SCHEMA.names], filter=where)
+        actor_cpus, read_cpus = job.actor_cpus, READ_CPUS
+        if not (job.address or os.environ.get("RAY_ADDRESS")):  # a cluster keeps its requests
+            actor_cpus, read_cpus = fit_caption_cpus(
+                job.actors, job.actor_cpus, float(ray.cluster_resources().get("CPU", 0))
+            )
+            if actor_cpus != job.actor_cpus:
+                print(
+                    f"[mvclam caption] {ray.cluster_resources().get('CPU', 0):g} CPUs: fewer than "
+                    f"{job.actors} actor(s) x {job.actor_cpus:g} + one read task need; Ray counts "
+                    f"{actor_cpus:.2g} per actor and {read_cpus:.2g} per read task",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        dataset = ray.data.read_lance(
+            table.to_lance().uri,
+            columns=["id", *VIEW_SCHEMA.names],
+            filter=where,
+            ray_remote_args={"num_cpus": read_cpus},
+        )
         if job.limit is not None:
             dataset = dataset.limit(job.limit)
         dataset = dataset.map_batches(
@@ -298,7 +331,7 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
                 "references": ray.put(references.to_arrow()) if references is not None else None,
             },
             compute=ActorPoolStrategy(size=job.actors),
-            num_cpus=job.actor_cpus,
+            num_cpus=actor_cpus,
             num_gpus=gpus,
         )
         pending: list[pa.Table] = []

@@ -736,6 +736,15 @@ def test_pipeline_cpus_fit_a_one_cpu_ray():
     assert 2 * encoder_cpus + views_cpus == pytest.approx(2) and encoder_cpus == views_cpus
 
 
+def test_caption_actors_leave_a_read_task_room_on_a_small_ray():
+    from mvclam.jobs.caption_table import fit_caption_cpus
+
+    # two 1-CPU actors held both CPUs of a 2-core machine: the read task waited forever
+    actor_cpus, read_cpus = fit_caption_cpus(2, 1.0, 2)
+    assert 2 * actor_cpus + read_cpus == pytest.approx(2) and actor_cpus == read_cpus
+    assert fit_caption_cpus(1, 1.0, 2) == fit_caption_cpus(2, 1.0, 16) == (1.0, 1.0)
+
+
 def _catalog_copy(searcher: Any, tmp_path: Path) -> tuple[Path, int]:
     """A copy of the searcher's catalog with one more version (3 more rows): (db, the version before)."""
     import shutil
