@@ -54,6 +54,7 @@ from mvclam.engine.store import (
 from mvclam.jobs.common import (
     actor_gpus,
     checkpoint_blob,
+    cpu_fit_scale,
     init_ray,
     load_job_config,
     retry_per_row,
@@ -142,13 +143,9 @@ READ_CPUS = 1.0  # what a Ray Data read task asks for by default
 
 def fit_caption_cpus(actors: int, actor_cpus: float, cpus: float) -> tuple[float, float]:
     """(actor_cpus, read_cpus) for a Ray instance of `cpus` CPUs: the job's own, or both scaled down
-    when the actors and one read task would not fit together. Ray holds the actors' CPUs for the
-    whole run, so otherwise the read task is never scheduled and the job hangs (`--actors 2` on
-    2 cores). The actors keep their torch threads: the cores are there, only Ray's count is short."""
-    needed = actors * actor_cpus + READ_CPUS
-    if cpus <= 0 or needed <= cpus:
-        return actor_cpus, READ_CPUS
-    scale = cpus / needed
+    (`cpu_fit_scale`) when the actors and one read task would not fit together. The actors keep
+    their torch threads: the cores are there, only Ray's count is short."""
+    scale = cpu_fit_scale(actors * actor_cpus, READ_CPUS, cpus)
     return actor_cpus * scale, READ_CPUS * scale
 
 

@@ -39,6 +39,15 @@ def init_ray(
     return True
 
 
+def cpu_fit_scale(actor_cpus: float, task_cpus: float, cpus: float) -> float:
+    """The factor (at most 1) for the CPU requests of actors holding `actor_cpus` in all and of one
+    task asking `task_cpus`, so that both fit a Ray of `cpus` CPUs (1 when they fit or `cpus` is
+    unknown). Ray holds the actors' CPUs for the whole run: if the task does not fit beside them it
+    is never scheduled and the run hangs (a 1-core machine, `--actors 2` on 2 cores)."""
+    needed = actor_cpus + task_cpus
+    return 1.0 if cpus <= 0 or needed <= cpus else cpus / needed
+
+
 def load_job_config(job_type: type[T], default: str, config: str | Path | None, values: dict[str, Any]) -> T:
     """A job dataclass from its YAML config (`default` names the shipped one), with `values` (e.g.
     CLI arguments; None means "not given") taking precedence. Unknown YAML keys are an error."""

@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 
 from mvclam.engine.io import resolve_inputs
 from mvclam.engine.store import CatalogStore, embedded_rows, embeddings_schema, error_rows
-from mvclam.jobs.common import actor_gpus, checkpoint_blob, init_ray, load_job_config
+from mvclam.jobs.common import actor_gpus, checkpoint_blob, cpu_fit_scale, init_ray, load_job_config
 from mvclam.jobs.embed_io import CatalogDatasource
 from mvclam.jobs.embed_stages import (
     STATUS_FAILED,
@@ -285,10 +285,7 @@ def fit_cpus(job: EmbedJob, cpus: float) -> tuple[float, float]:
     to fractions when the encoder actors and one views task would not fit together. Ray holds the
     actors' CPUs for the whole run, so otherwise no views task is ever scheduled and the run hangs
     (`--num-cpus 1`, a 1-core machine)."""
-    needed = job.encoders * job.encoder_cpus + job.views_cpus
-    if cpus <= 0 or needed <= cpus:
-        return job.encoder_cpus, job.views_cpus
-    scale = cpus / needed
+    scale = cpu_fit_scale(job.encoders * job.encoder_cpus, job.views_cpus, cpus)
     return job.encoder_cpus * scale, job.views_cpus * scale
 
 
