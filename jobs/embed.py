@@ -372,10 +372,14 @@ def _run_pipeline(
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         writer.add(batch)
     writer.flush()
-    if job.optimize:
-        # Also when this run committed nothing: a resume after a kill finds the killed run's many
-        # small fragments still uncompacted.
-        store.optimize()
+    # Also when this run committed nothing: a resume after a kill finds the killed run's many
+    # small fragments still uncompacted.
+    if job.optimize and not store.optimize():
+        print(
+            "mvclam embed: a concurrent writer kept preempting the compaction; every row is "
+            "committed, and the next run or `mvclam index` compacts the table",
+            file=sys.stderr,
+        )
     summary.nodes = {stage: sorted(n for n in nodes if n) for stage, nodes in writer.nodes.items()}
     summary.table_rows, summary.error_rows = store.counts()
     summary.wall_s = time.perf_counter() - started

@@ -141,6 +141,11 @@ def _cmd_index(args: argparse.Namespace) -> int:
                 if report.indexed_rows is not None
                 else ""
             )
+            + (
+                "; compaction deferred (concurrent writers), rows intact"
+                if report.compaction_deferred
+                else ""
+            )
         )
     return 0
 

@@ -291,6 +291,34 @@ def one_error_row() -> pa.Table:
     ).cast(ERRORS_SCHEMA)
 
 
+def test_optimize_retries_when_a_caption_commit_preempts_the_compaction(tmp_path):
+    """CI found `mvclam index` failing while a caption job committed: Lance lets the update win
+    and the compaction fails with a retryable conflict. A handle opened before the caption commit
+    reproduces it deterministically."""
+    import lancedb
+
+    from mvclam.engine.store import optimize_table
+
+    def rows(start: int) -> pa.Table:
+        ids = [f"m{i}" for i in range(start, start + 4)]
+        return pa.table({"id": ids, "caption": pa.array([None] * 4, pa.string())})
+
+    table = lancedb.connect(str(tmp_path)).create_table("molecules", rows(0))
+    for start in (4, 8):
+        table.add(rows(start))  # three small fragments to compact
+    # Opened before the caption commit, as `mvclam index` is during a caption run.
+    plain, indexer = (lancedb.connect(str(tmp_path)).open_table("molecules") for _ in range(2))
+    captions = pa.table({"id": ["m1", "m5"], "caption": ["an acid", "a base"]})
+    table.merge_insert("id").when_matched_update_all().execute(captions)
+    with pytest.raises(RuntimeError, match="Retryable commit conflict"):
+        plain.optimize()  # the bug
+    assert optimize_table(indexer)
+    compacted = lancedb.connect(str(tmp_path)).open_table("molecules")
+    assert len(compacted.to_lance().get_fragments()) == 1 and compacted.count_rows() == 12
+    stored = dict(zip(*compacted.to_arrow().select(["id", "caption"]).to_pydict().values(), strict=True))
+    assert stored["m1"] == "an acid" and stored["m5"] == "a base"  # the caption commit kept
+
+
 def test_store_keeps_tables_that_hold_rows(tmp_path):
     store = CatalogStore.open(tmp_path / "db", "t", embeddings_schema(4))
     errors = one_error_row()

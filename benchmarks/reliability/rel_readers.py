@@ -201,7 +201,14 @@ def readers_during_writes(
             child = start_child(mvclam_command(*args), logs / f"index{len(runs)}.log")
             rc = _wait(child)
             report = child.json_output() or {}
-            runs.append({"rc": rc, "action": report.get("action"), "error": _error_line(child) if rc else ""})
+            runs.append(
+                {
+                    "rc": rc,
+                    "action": report.get("action"),
+                    "compaction_deferred": report.get("compaction_deferred"),
+                    "error": _error_line(child) if rc else "",
+                }
+            )
             time.sleep(index_pause_s)
         writers["index"] = runs
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from mvclam.engine.store import optimize_table
 from mvclam.engine.store.schema import PROPERTY_FIELDS
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ class IndexReport:
     unindexed_rows: int | None  # rows appended since, scanned flat until the next refresh
     size_bytes: int | None
     seconds: float
+    # A concurrent writer (a caption job) kept preempting the compaction; rows are intact and the
+    # index is refreshed, the small fragments are compacted by the next optimise.
+    compaction_deferred: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +108,7 @@ def build_index(
         raise ValueError(f"index_type must be auto, none or one of {INDEX_TYPES}, got {index_type!r}")
     existing = token_index(table)
     _ensure_scalar_indexes(table)
+    deferred = False
 
     if index_type == "none":
         action = "none"
@@ -111,11 +116,14 @@ def build_index(
             table.drop_index(existing.name)
             action = "dropped"
         if rows:
-            table.optimize()  # compacts the job's many small commits and refreshes scalar indexes
-        return IndexReport(rows, action, None, None, None, None, None, time.perf_counter() - started)
+            # compacts the job's many small commits and refreshes scalar indexes
+            deferred = not _optimize(table)
+        return IndexReport(
+            rows, action, None, None, None, None, None, time.perf_counter() - started, deferred
+        )
 
     if existing is not None and not rebuild and table.index_stats(existing.name).index_type == index_type:
-        table.optimize()  # folds rows appended since the build into the index
+        deferred = not _optimize(table)  # folds rows appended since the build into the index
         action = "optimized"
         partitions = None
     else:
@@ -139,7 +147,17 @@ def build_index(
         unindexed_rows=stats.num_unindexed_rows,
         size_bytes=getattr(index, "size_bytes", None),
         seconds=time.perf_counter() - started,
+        compaction_deferred=deferred,
     )
+
+
+def _optimize(table: lancedb.table.Table) -> bool:
+    """Compact and refresh every index; False if concurrent writers kept preempting the compaction,
+    in which case only the indexes are refreshed (Lance commits an index update beside theirs)."""
+    if optimize_table(table):
+        return True
+    table.to_lance().optimize.optimize_indices()
+    return False
 
 
 def _ensure_scalar_indexes(table: lancedb.table.Table) -> None:

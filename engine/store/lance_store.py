@@ -18,6 +18,8 @@ instead of inserting every new id a second time. Reading a damaged table raises
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,6 +106,34 @@ def open_catalog_table(
         if table in names:
             raise  # it exists but cannot be opened (damaged, storage error): keep the real cause
         raise CatalogTableNotFound(f"no table {table!r} in {db} (tables: {names})") from None
+
+
+def is_preempted(error: BaseException) -> bool:
+    """Whether Lance refused a commit because another writer committed first and says to retry."""
+    return isinstance(error, (RuntimeError, OSError, ValueError)) and "Retryable commit conflict" in str(
+        error
+    )
+
+
+def optimize_table(table: lancedb.table.Table, attempts: int = 8, first_wait_s: float = 0.2) -> bool:
+    """`table.optimize()` (compaction, old-version cleanup, index refresh), retried when another
+    writer's commit preempts it.
+
+    Why: Lance lets a concurrent update win over a compaction of the same fragments; the compaction
+    then fails with a retryable conflict. A caption job that commits while `mvclam index` or the end
+    of an embed job optimises the table is the normal nightly case, not an error. Returns False if
+    every attempt was preempted: the table is intact and current, only its compaction is deferred
+    to the next optimise."""
+    for attempt in range(attempts):
+        try:
+            table.optimize()
+            return True
+        except (RuntimeError, OSError, ValueError) as error:
+            if not is_preempted(error):
+                raise
+        table.checkout_latest()  # retry against the other writer's commit
+        time.sleep(first_wait_s * 2**attempt * random.uniform(0.5, 1.5))  # jitter: writers commit in bursts
+    return False
 
 
 def done_mask(ids: pa.Array | pa.ChunkedArray, done: pa.Array | None) -> np.ndarray:
@@ -276,10 +306,10 @@ class CatalogStore:
         with reading(self.errors.uri):
             return embedded, self.errors.count_rows()
 
-    def optimize(self) -> None:
-        """Compact the many small per-chunk fragments and drop old versions."""
-        for table in (self.embeddings, self.errors):
-            table.optimize()
+    def optimize(self) -> bool:
+        """Compact the many small per-chunk fragments and drop old versions. False: a concurrent
+        writer (a caption job) kept preempting the compaction, which is deferred; no row is lost."""
+        return all([optimize_table(table) for table in (self.embeddings, self.errors)])
 
 
 def _with_missing_columns(rows: pa.Table, schema: pa.Schema) -> pa.Table:
