@@ -45,6 +45,7 @@ WORDS_FILE = "word_embeddings.safetensors"
 RDKIT_CONSTANTS_FILE = "rdkit_constants.json"
 WORD_EMBEDDINGS = "qformer.embeddings.word_embeddings.weight"
 PART_BYTES = 15 * 1024 * 1024
+CARRY_LIMIT_BYTES = 64 * 1024 * 1024  # the device tool's limit on what travels with a call
 PART_PREFIX = "trainable"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
@@ -69,6 +70,10 @@ def pack(data_dir: Path, out: Path, checkpoint: Path | None, max_rows: int | Non
             [table.filter(pc.equal(table["split"], s)).slice(0, max_rows) for s in ("train", "validation")]
         )
     table = table.select(list(KEPT_COLUMNS))
+    # float16 coordinates (error < 0.01 A on these molecules) halve the bundle's largest column,
+    # so the bundle still fits beside the tracked tree; `run` casts them back to float32.
+    position = table.column_names.index("coordinates")
+    table = table.set_column(position, "coordinates", pc.cast(table["coordinates"], pa.list_(pa.float16())))
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out / PAIRS_FILE, compression="zstd", compression_level=19)
 
@@ -81,8 +86,30 @@ def pack(data_dir: Path, out: Path, checkpoint: Path | None, max_rows: int | Non
     _record_rdkit_constants(out / RDKIT_CONSTANTS_FILE)
     sizes = {p.name: p.stat().st_size for p in out.iterdir()}
     facts = {"rows": table.num_rows, "word_rows": len(used), "bytes": sizes, "total": sum(sizes.values())}
+    facts["carried_with_the_tree"] = _carried_bytes(facts["total"])
     (out / "bundle.json").write_text(json.dumps(facts, indent=2) + "\n")
+    if facts["carried_with_the_tree"] > CARRY_LIMIT_BYTES:
+        raise SystemExit(
+            f"the working tree plus this bundle is {facts['carried_with_the_tree'] / 2**20:.1f} MiB, over the "
+            f"device tool's {CARRY_LIMIT_BYTES / 2**20:.0f} MiB: pack fewer rows (--max-rows) or remove files"
+        )
     return facts
+
+
+def _carried_bytes(bundle_bytes: int) -> int | None:
+    """What a device call carries: the tracked and untracked non-ignored files, plus the bundle."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root, capture_output=True, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None  # not a git checkout: nothing to check
+    files = (root / name for name in listed.decode().split("\0") if name)
+    return bundle_bytes + sum(path.stat().st_size for path in files if path.is_file())
 
 
 def _record_rdkit_constants(path: Path) -> None:
@@ -185,7 +212,11 @@ def run(args: argparse.Namespace) -> dict:
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --cpu for the smoke run")
     started = time.monotonic()
-    table = _with_topology(pq.read_table(args.bundle / PAIRS_FILE))
+    table = pq.read_table(args.bundle / PAIRS_FILE)
+    coordinates = pc.cast(table["coordinates"], pa.list_(pa.float32()))
+    table = _with_topology(
+        table.set_column(table.column_names.index("coordinates"), "coordinates", coordinates)
+    )
     train = PairDataset.from_table(table.filter(pc.equal(table["split"], "train")), "train")
     validation = PairDataset.from_table(table.filter(pc.equal(table["split"], "validation")), "validation")
     checkpoint = Path(args.checkpoint) if args.checkpoint else shipped_checkpoint()

@@ -83,6 +83,20 @@ def test_pack_run_unpack_on_cpu(tmp_path):
     facts = json.loads(script("pack", "--data", str(data), "--out", str(bundle)))
     assert facts["rows"] >= 1 and facts["word_rows"] > 10
     assert "topological_distance" not in pq.read_schema(bundle / "pairs.parquet").names
+    # Coordinates travel as float16 (the bundle must fit beside the tree), within 0.01 A.
+    packed, original = (
+        pq.read_table(p, columns=["coordinates"])["coordinates"]
+        for p in (bundle / "pairs.parquet", data / "pairs.parquet")
+    )
+    assert packed.type.value_type == pa.float16()
+    assert (
+        abs(
+            packed.combine_chunks().flatten().to_numpy().astype("float32")
+            - original.combine_chunks().flatten().to_numpy()
+        ).max()
+        < 0.01
+    )
+    assert facts["carried_with_the_tree"] is None or facts["carried_with_the_tree"] <= 64 * 2**20
 
     summary = json.loads(
         script(
