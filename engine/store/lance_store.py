@@ -108,7 +108,7 @@ def open_catalog_table(
         raise CatalogTableNotFound(f"no table {table!r} in {db} (tables: {names})") from None
 
 
-def is_preempted(error: BaseException) -> bool:
+def _is_preempted(error: BaseException) -> bool:
     """Whether Lance refused a commit because another writer committed first and says to retry."""
     return isinstance(error, (RuntimeError, OSError, ValueError)) and "Retryable commit conflict" in str(
         error
@@ -129,7 +129,7 @@ def optimize_table(table: lancedb.table.Table, attempts: int = 8, first_wait_s: 
             table.optimize()
             return True
         except (RuntimeError, OSError, ValueError) as error:
-            if not is_preempted(error):
+            if not _is_preempted(error):
                 raise
         table.checkout_latest()  # retry against the other writer's commit
         time.sleep(first_wait_s * 2**attempt * random.uniform(0.5, 1.5))  # jitter: writers commit in bursts
