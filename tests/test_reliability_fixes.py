@@ -132,6 +132,11 @@ def test_lone_carriage_return_does_not_split_rows(tmp_path):
         ("c", "C\rC", None),
         ("d", "CC", None),
     ]
+    # Full-size hostile run (session 15): a line with a NUL and a lone \r was split in two, as the
+    # NUL was the \r's stand-in. Now another stand-in is used and the NUL stays data.
+    nul_path = tmp_path / "nul_cr.csv"
+    nul_path.write_bytes(b"id,smiles,note\na\x00b,C\rC,x\ne,CC,\n")
+    assert [(r["id"], r["input"]) for r in read_stream(nul_path)] == [("a\x00b", "C\rC"), ("e", "CC")]
 
 
 # --- mvclam caption --input -----------------------------------------------------------------------

@@ -149,6 +149,7 @@ TABLE = (
     ("1 hostile", "rows tried", "hostile.rows_tried", ""),
     ("1 hostile", "hostile rows", "hostile.hostile_rows", ">= 10,000 per format"),
     ("1 hostile", "crashes of the job", "hostile.crashes", "0"),
+    ("1 hostile", "files whose rows are outside the generator's bounds", "hostile.files_out_of_bounds", "[]"),
     ("1 hostile", "rows neither embedded nor in the errors table", "hostile.tables.rows_lost", "0"),
     ("1 hostile", "ids in both tables", "hostile.tables.ids_in_both_tables", "0"),
     ("1 hostile", "duplicated ids after a re-run", "hostile.rerun.duplicate_rows", "0"),

@@ -229,6 +229,8 @@ def run(
                 "within_bounds": f["min_rows"] <= len(got) <= f["max_rows"],
             }
         figures["files"] = per_file
+        # A file yielding more rows than it has records (+ its newline-split ids) splits records.
+        figures["files_out_of_bounds"] = sorted(n for n, f in per_file.items() if not f["within_bounds"])
         figures["rows_tried"] = len(read_ids)
         figures["hostile_rows"] = sum(f["hostile"] for f in files)
         crashes: list[str] = []

@@ -269,7 +269,10 @@ def _smi_rows(f, path, fmt, smiles_column, id_column) -> Iterator[Row]:
 # A quoted field running over more lines than this is taken for an unclosed quote: SMILES and ids
 # never span lines, and without a bound one stray quote swallows the rest of the file.
 MAX_RECORD_LINES = 100
-_CR = "\x00"  # stands in for a lone \r while csv parses a line (csv would end the row there)
+# Stand-ins for a lone \r while csv parses a line (csv would end the row there): the first one
+# the line does not contain. A line holding all of them keeps its \r and is split there (each part
+# is still a row of its own, so nothing is lost).
+_CR_STANDINS = ("\x00", "\ue000", "\ue001", "\ue002")
 
 
 class _UnclosedQuote(Exception):
@@ -282,13 +285,16 @@ class _Record:
 
     lines: list[tuple[int, str]] = field(default_factory=list)
     at_eof: bool = False  # csv asked for another line of this record and the file had none
-    lone_cr: bool = False  # a lone \r was replaced by _CR in one of the lines
+    cr_standins: set[str] = field(default_factory=set)  # stand-ins used for lone \r in its lines
 
 
 def _csv_line(line: str, record: _Record) -> str:
     body = line[:-2] if line.endswith("\r\n") else line[:-1] if line.endswith("\n") else line
-    if "\r" in body and _CR not in body:
-        body, record.lone_cr = body.replace("\r", _CR), True
+    if "\r" in body:
+        standin = next((c for c in _CR_STANDINS if c not in body), None)
+        if standin is not None:
+            body = body.replace("\r", standin)
+            record.cr_standins.add(standin)
     return body + "\n"
 
 
@@ -330,7 +336,7 @@ def _csv_records(
 
     reader = csv.reader(feed(), delimiter=delimiter)
     while True:
-        record.lines, record.at_eof, record.lone_cr = [], False, False
+        record.lines, record.at_eof, record.cr_standins = [], False, set()
         error = None
         try:
             fields = next(reader)
@@ -354,8 +360,8 @@ def _csv_records(
             reader = csv.reader(feed(), delimiter=delimiter)  # a fresh parser state and line feed
             yield first, None, error
             continue
-        if record.lone_cr:
-            fields = [value.replace(_CR, "\r") for value in fields]
+        for standin in record.cr_standins:
+            fields = [value.replace(standin, "\r") for value in fields]
         yield first, fields, None
 
 
