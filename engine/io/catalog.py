@@ -270,9 +270,10 @@ def _smi_rows(f, path, fmt, smiles_column, id_column) -> Iterator[Row]:
 # never span lines, and without a bound one stray quote swallows the rest of the file.
 MAX_RECORD_LINES = 100
 # Stand-ins for a lone \r while csv parses a line (csv would end the row there): the first one
-# the line does not contain. A line holding all of them keeps its \r and is split there (each part
-# is still a row of its own, so nothing is lost).
-_CR_STANDINS = ("\x00", "\ue000", "\ue001", "\ue002")
+# the line does not contain. Private-use characters first: hostile catalogs hold NULs, and a stand-in
+# found in another line of the same multi-line record would turn into a \r there. A line holding
+# all of them keeps its \r and is split there (each part is still a row, so nothing is lost).
+_CR_STANDINS = ("\ue000", "\ue001", "\ue002", "\x00")
 
 
 class _UnclosedQuote(Exception):
