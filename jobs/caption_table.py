@@ -57,6 +57,7 @@ from mvclam.jobs.common import (
     cpu_fit_scale,
     init_ray,
     load_job_config,
+    local_ray_cpus,
     retry_per_row,
     unpack_checkpoint,
 )
@@ -293,13 +294,11 @@ def run_caption_table(job: CaptionTableJob) -> CaptionSummary:
         context.enable_progress_bars = job.progress
         gpus = actor_gpus(job.actor_gpus)
         actor_cpus, read_cpus = job.actor_cpus, READ_CPUS
-        if not (job.address or os.environ.get("RAY_ADDRESS")):  # a cluster keeps its requests
-            actor_cpus, read_cpus = fit_caption_cpus(
-                job.actors, job.actor_cpus, float(ray.cluster_resources().get("CPU", 0))
-            )
+        if (cpus := local_ray_cpus(job.address)) is not None:  # a cluster keeps its requests
+            actor_cpus, read_cpus = fit_caption_cpus(job.actors, job.actor_cpus, cpus)
             if actor_cpus != job.actor_cpus:
                 print(
-                    f"[mvclam caption] {ray.cluster_resources().get('CPU', 0):g} CPUs: fewer than "
+                    f"[mvclam caption] {cpus:g} CPUs: fewer than "
                     f"{job.actors} actor(s) x {job.actor_cpus:g} + one read task need; Ray counts "
                     f"{actor_cpus:.2g} per actor and {read_cpus:.2g} per read task",
                     file=sys.stderr,

@@ -39,6 +39,16 @@ def init_ray(
     return True
 
 
+def local_ray_cpus(address: str | None) -> float | None:
+    """The CPUs of the local Ray instance a job started, or None on a cluster (`address` or
+    RAY_ADDRESS): there the job keeps its own CPU requests, which an autoscaler may meet."""
+    import ray
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return None
+    return float(ray.cluster_resources().get("CPU", 0))
+
+
 def cpu_fit_scale(actor_cpus: float, task_cpus: float, cpus: float) -> float:
     """The factor (at most 1) for the CPU requests of actors holding `actor_cpus` in all and of one
     task asking `task_cpus`, so that both fit a Ray of `cpus` CPUs (1 when they fit or `cpus` is

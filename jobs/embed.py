@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import sys
 import tempfile
 import time
@@ -44,7 +43,14 @@ import pyarrow.compute as pc
 
 from mvclam.engine.io import resolve_inputs
 from mvclam.engine.store import CatalogStore, embedded_rows, embeddings_schema, error_rows
-from mvclam.jobs.common import actor_gpus, checkpoint_blob, cpu_fit_scale, init_ray, load_job_config
+from mvclam.jobs.common import (
+    actor_gpus,
+    checkpoint_blob,
+    cpu_fit_scale,
+    init_ray,
+    load_job_config,
+    local_ray_cpus,
+)
 from mvclam.jobs.embed_io import CatalogDatasource
 from mvclam.jobs.embed_stages import (
     STATUS_FAILED,
@@ -292,14 +298,13 @@ def fit_cpus(job: EmbedJob, cpus: float) -> tuple[float, float]:
 def _local_cpus(job: EmbedJob) -> tuple[float, float]:
     """`fit_cpus` for a local Ray instance; a cluster's own requests are kept (an autoscaler may
     add the CPUs they need)."""
-    import ray
-
-    if job.address or os.environ.get("RAY_ADDRESS"):
+    cpus = local_ray_cpus(job.address)
+    if cpus is None:
         return job.encoder_cpus, job.views_cpus
-    encoder_cpus, views_cpus = fit_cpus(job, float(ray.cluster_resources().get("CPU", 0)))
+    encoder_cpus, views_cpus = fit_cpus(job, cpus)
     if (encoder_cpus, views_cpus) != (job.encoder_cpus, job.views_cpus):
         print(
-            f"[mvclam embed] {ray.cluster_resources().get('CPU', 0):g} CPUs: fewer than {job.encoders} "
+            f"[mvclam embed] {cpus:g} CPUs: fewer than {job.encoders} "
             f"encoder(s) x {job.encoder_cpus:g} + views {job.views_cpus:g} need; running with "
             f"encoder_cpus {encoder_cpus:.2g}, views_cpus {views_cpus:.2g}",
             file=sys.stderr,

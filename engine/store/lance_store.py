@@ -117,7 +117,7 @@ def _is_preempted(error: BaseException) -> bool:
 
 def optimize_table(table: lancedb.table.Table, attempts: int = 8, first_wait_s: float = 0.2) -> bool:
     """`table.optimize()` (compaction, old-version cleanup, index refresh), retried when another
-    writer's commit preempts it.
+    writer's commit preempts it (up to `attempts` times, under 40 s of waiting with the defaults).
 
     Why: Lance lets a concurrent update win over a compaction of the same fragments; the compaction
     then fails with a retryable conflict. A caption job that commits while `mvclam index` or the end
@@ -131,8 +131,11 @@ def optimize_table(table: lancedb.table.Table, attempts: int = 8, first_wait_s: 
         except (RuntimeError, OSError, ValueError) as error:
             if not _is_preempted(error):
                 raise
-        table.checkout_latest()  # retry against the other writer's commit
-        time.sleep(first_wait_s * 2**attempt * random.uniform(0.5, 1.5))  # jitter: writers commit in bursts
+        if attempt + 1 < attempts:
+            table.checkout_latest()  # retry against the other writer's commit
+            time.sleep(
+                first_wait_s * 2**attempt * random.uniform(0.5, 1.5)
+            )  # jitter: writers commit in bursts
     return False
 
 
