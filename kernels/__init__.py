@@ -5,11 +5,19 @@ Model and search code call the public functions below; each decides once, throug
 torch reference. Importing this package does not import Triton.
 """
 
-from .cross_attention import query_cross_attention, query_cross_attention_reference
-from .dispatch import KernelUnavailableError, kernel_mode, triton_available, use_triton
-from .maxsim import maxsim, maxsim_reference, maxsim_topk, maxsim_topk_reference
-from .pair_bias import PairBiasWeights, gaussian_pair_bias, gaussian_pair_bias_reference
-from .projection import project_normalize, project_normalize_reference
+if __name__ == "kernels":
+    # Imported as top-level `kernels`: only a checkout's root on sys.path does that (`python -m pytest`,
+    # or Ray workers, which get the driver's working directory). The name belongs to Hugging Face's
+    # `kernels`, which transformers>=5.25 requires and imports at start-up; hand the name to it.
+    from ._shadowed_name import hand_over_to_installed
+
+    hand_over_to_installed(__file__)
+else:
+    from .cross_attention import query_cross_attention, query_cross_attention_reference
+    from .dispatch import KernelUnavailableError, kernel_mode, triton_available, use_triton
+    from .maxsim import maxsim, maxsim_reference, maxsim_topk, maxsim_topk_reference
+    from .pair_bias import PairBiasWeights, gaussian_pair_bias, gaussian_pair_bias_reference
+    from .projection import project_normalize, project_normalize_reference
 
 __all__ = [
     "KernelUnavailableError",
