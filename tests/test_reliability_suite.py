@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,23 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def child_process_items(request, root, model, model_b):
+    """The crash and readers items drive `mvclam` child processes, which mostly wait (on Ray
+    starting, actors loading, kill moments, reader pauses) rather than compute: each runs in a
+    thread from the module's first test, beside the in-process items, instead of after them."""
+    selected = {name for item in request.session.items for name in item.fixturenames}
+    readers_settings = {k: v for k, v in CI["readers"].items() if k != "two_jobs_molecules"}
+    items = {
+        "crashes": lambda: rel_crashes.run(root / "crashes", model=model, **CI["crashes"]),
+        "readers": lambda: rel_readers.readers_during_writes(
+            root / "readers", model=model, model_b=model_b, **readers_settings
+        ),
+    }
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="child-item") as pool:
+        yield {name: pool.submit(run) for name, run in items.items() if name in selected}
 
 
 # --- 6. security: the code and the service's defaults ------------------------------------------
@@ -260,32 +278,7 @@ def test_damaged_data_file_is_not_blamed_on_the_client(faults):
     assert http["status"] >= 500 and http["detail"] != "invalid filter", http
 
 
-# --- 2. crashes ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def crashes(root, model) -> dict:
-    return record("crashes", rel_crashes.run(root / "crashes", model=model, **CI["crashes"]))
-
-
-def test_sigkills_of_embed_and_caption_runs_lose_nothing(crashes):
-    assert crashes["group_kills"] == CI["crashes"]["kills"] and crashes["kills_mid_run"] >= 1
-    assert crashes["rows_lost_by_kills"] == 0 and crashes["unreadable_after_kill"] == 0
-    assert all(o["duplicate_rows"] == 0 for o in crashes["driver_kills"])
-    assert crashes["final_rc"] == 0
-    for key in ("comparison", "actor_comparison"):
-        c = crashes[key]
-        assert c["same_ids"] and c["same_errors"] and c["duplicate_ids"] == 0, c
-        assert (c["rows"], c["error_rows"]) == (c["clean_rows"], c["clean_error_rows"])
-        assert c["token_max_abs_diff"] <= 1e-5 and c["pooled_max_abs_diff"] <= 1e-5
-    (actor,) = crashes["actor_kills"]
-    assert actor["killed"] and actor["duplicate_rows"] == 0
-    assert crashes["actor_final_rc"] in (None, 0)  # None: the run survived the kill and finished
-    captions = crashes["captions"]
-    rows = CI["crashes"]["caption_rows"]
-    assert captions["final_rc"] == 0 and captions["kills_mid_run"] == 1, captions["kills"]
-    assert captions["rows_after"] == captions["distinct_ids"] == captions["captioned"] == rows
-    assert len(captions["caption_versions"]) == 1 and captions["captions_for_another_molecule"] == 0
+# --- 2. crashes: a resume is bit-exact, one CPU does not hang --------------------------------------
 
 
 def test_a_resumed_run_stores_the_clean_runs_tokens_bit_for_bit(tmp_path, model, local_ray):
@@ -322,24 +315,21 @@ def test_embed_on_one_cpu_finishes_or_refuses(tmp_path, model):
     args = rel_common.embed_args([catalog], tmp_path / "db", model, extra=["--num-cpus", "1"])
     child = rel_common.start_child(rel_common.mvclam_command(*args), tmp_path / "one_cpu.log")
     try:
-        child.wait(35)  # a finished run, or an error saying it needs 2 CPUs; not a hang
+        child.wait(120)  # a finished run, or an error saying it needs 2 CPUs; not a hang (20 s here)
         hung = False
     except subprocess.TimeoutExpired:
         hung = True
     finally:
         rel_common.kill_child_tree(child)
-    assert not hung, "mvclam embed --num-cpus 1 still running after 35 s (deadlock)"
+    assert not hung, "mvclam embed --num-cpus 1 still running after 120 s (deadlock)"
 
 
 # --- 3. readers during writes, two jobs at once --------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def readers(root, model, model_b) -> dict:
-    settings = dict(CI["readers"])
-    settings.pop("two_jobs_molecules")
-    figures = rel_readers.readers_during_writes(root / "readers", model=model, model_b=model_b, **settings)
-    return record("readers", figures)
+def readers(child_process_items) -> dict:
+    return record("readers", child_process_items["readers"].result())
 
 
 def test_readers_answer_during_embed_caption_and_index_writes(readers):
@@ -432,7 +422,8 @@ def test_slow_concurrent_molecule_requests_get_a_4xx_not_a_5xx(http):
 
 
 def test_a_pathological_smarts_is_answered_in_bounded_time(root, model, http):
-    """Last: the server it starts may stay busy for minutes (it is killed at the end)."""
+    """After the other HTTP tests: the server it starts may stay busy for minutes (it is killed at
+    the end)."""
     server = rel_http.Server(root / "http", root / "http" / "db", model)
     try:
         body = rel_http._j(
@@ -446,3 +437,31 @@ def test_a_pathological_smarts_is_answered_in_bounded_time(root, model, http):
         assert status is not None and time.perf_counter() - started < 5, "SMARTS matching not bounded"
     finally:
         server.stop()
+
+
+# --- 2. crashes, the campaign (last: it runs in a thread from the start, the others meanwhile) ----
+
+
+@pytest.fixture(scope="module")
+def crashes(child_process_items) -> dict:
+    return record("crashes", child_process_items["crashes"].result())
+
+
+def test_sigkills_of_embed_and_caption_runs_lose_nothing(crashes):
+    assert crashes["group_kills"] == CI["crashes"]["kills"] and crashes["kills_mid_run"] >= 1
+    assert crashes["rows_lost_by_kills"] == 0 and crashes["unreadable_after_kill"] == 0
+    assert all(o["duplicate_rows"] == 0 for o in crashes["driver_kills"])
+    assert crashes["final_rc"] == 0
+    for key in ("comparison", "actor_comparison"):
+        c = crashes[key]
+        assert c["same_ids"] and c["same_errors"] and c["duplicate_ids"] == 0, c
+        assert (c["rows"], c["error_rows"]) == (c["clean_rows"], c["clean_error_rows"])
+        assert c["token_max_abs_diff"] <= 1e-5 and c["pooled_max_abs_diff"] <= 1e-5
+    (actor,) = crashes["actor_kills"]
+    assert actor["killed"] and actor["duplicate_rows"] == 0
+    assert crashes["actor_final_rc"] in (None, 0)  # None: the run survived the kill and finished
+    captions = crashes["captions"]
+    rows = CI["crashes"]["caption_rows"]
+    assert captions["final_rc"] == 0 and captions["kills_mid_run"] == 1, captions["kills"]
+    assert captions["rows_after"] == captions["distinct_ids"] == captions["captioned"] == rows
+    assert len(captions["caption_versions"]) == 1 and captions["captions_for_another_molecule"] == 0

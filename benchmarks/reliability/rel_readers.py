@@ -72,10 +72,7 @@ def readers_during_writes(
 ) -> dict[str, Any]:
     """`reader_pause_s` between a reader's queries and `index_pause_s` between index builds: on
     a small machine the readers and index builds otherwise take the CPU the writers need."""
-    from rel_common import ray_session
-
     from mvclam.engine.search import CatalogSearcher
-    from mvclam.jobs.embed import load_embed_job, run_embed
 
     db = workdir / "db"
     shutil.rmtree(db, ignore_errors=True)
@@ -86,15 +83,12 @@ def readers_during_writes(
     base_csv = write_catalog(workdir / "base.csv", base, prefix="a")
     append_csv = write_catalog(workdir / "append.csv", append, prefix="a", offset=base)
     other_csv = write_catalog(workdir / "other.csv", other, prefix="b")
-    owns = ray_session()
-    try:
-        run_embed(load_embed_job(None, inputs=[str(base_csv)], db=str(db), model=model_a, progress=False))
-    finally:
-        if owns:
-            import ray
-
-            ray.shutdown()
     logs = workdir / "logs"
+    # A child like every writer: this process's Ray, if any, belongs to whoever called it.
+    base_args = embed_args([base_csv], db, model_a, commit_rows=16, views_batch_size=16, batch_size=16)
+    base_run = start_child(mvclam_command(*base_args), logs / "base.log")
+    if _wait(base_run) != 0:
+        raise RuntimeError(f"the base embed failed: {base_run.output()[-2000:]}")
     figures: dict[str, Any] = {"base": base, "append": append, "other": other}
     api = CatalogSearcher(db, "molecules", checkpoint=model_a, refresh_seconds=0)
     version_a = api.model.model_version
